@@ -1,0 +1,57 @@
+import pytest
+
+from tests.conftest import tiny_config, write_config
+from wamforge.cli import main
+from wamforge.config import ConfigError, load_config, validate
+
+
+def test_quickstart_config_is_valid():
+    cfg = load_config("configs/experiments/quickstart.yaml")
+    assert [s.objective for s in cfg.stages] == ["video", "joint", "action"]
+    assert cfg.stages[0].init_from is None and cfg.stages[1].init_from == "previous"
+
+
+def test_unknown_key_names_file_path_and_nearest(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["training"]["micro_batch_per_rnak"] = 3
+    path = write_config(raw, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "training.micro_batch_per_rnak" in msg and "micro_batch_per_rank" in msg
+
+
+def test_bad_value_names_key_path(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["stages"][1]["objective"] = "dream"
+    with pytest.raises(ConfigError, match=r"stages\.1\.objective"):
+        validate(raw, "x.yaml")
+
+
+def test_clip_frames_must_match_vae_stride(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["data"]["clip_frames"] = 8
+    with pytest.raises(ConfigError, match="1 \\+ 4k"):
+        validate(raw)
+
+
+def test_mixture_of_unknown_source_is_rejected(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["stages"][0]["mixture"]["weights"]["youtube"] = 1.0
+    with pytest.raises(ConfigError, match="unknown sources"):
+        validate(raw)
+
+
+def test_set_overrides_nested_and_list_values(tmp_path):
+    path = write_config(tiny_config(tmp_path), tmp_path / "c.yaml")
+    cfg = load_config(path, ["training.world_size=1", "stages.2.steps=9", "eval.tasks=[a, b]"])
+    assert cfg.training.world_size == 1 and cfg.stages[2].steps == 9 and cfg.eval.tasks == ["a", "b"]
+
+
+def test_cli_reports_one_sentence_and_exit_code_2(tmp_path, capsys):
+    raw = tiny_config(tmp_path)
+    raw["modle"] = {}
+    path = write_config(raw, tmp_path / "bad.yaml")
+    assert main(["train", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert "unknown key 'modle'" in out and "did you mean 'model'" in out and "Traceback" not in out

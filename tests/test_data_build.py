@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from tests.conftest import tiny_config
+from wamforge.config import validate
+from wamforge.config.paths import RunPaths
+from wamforge.data_pipeline.build.pipeline import build_dataset
+from wamforge.data_pipeline.loader.collate import load_npy
+from wamforge.data_pipeline.video import decode_mp4
+
+
+def test_build_writes_readable_shards_manifest_and_stats(built):
+    cfg, manifest = built
+    out = RunPaths.of(cfg).data
+    assert manifest["samples"] == sum(s["samples"] for s in manifest["shards"]) > 0
+    assert {"sim", "web"} <= set(manifest["sources"]) and manifest["quarantined"] == 0
+    counted = 0
+    for shard in manifest["shards"]:
+        for sample in wds.WebDataset(str(out / shard["path"]), shardshuffle=False):
+            meta = json.loads(sample["json"])
+            assert sample["__key__"] == f"{meta['source']}/{meta['episode']}/{meta['start']:06d}"
+            frames = decode_mp4(sample["mp4"])
+            assert frames.shape == (9, 32, 32, 3) and frames.dtype == np.uint8
+            if meta["source"] == "sim":
+                assert load_npy(sample["actions.npy"]).shape == (9, 4)
+                assert load_npy(sample["proprio.npy"]).shape == (9, 4)
+                assert meta["embodiment"] == "sawyer" and meta["language"]
+            else:
+                assert "actions.npy" not in sample and meta["kind"] == "synthetic"
+            counted += 1
+    assert counted == manifest["samples"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert set(stats) == {"sawyer"}  # action-free video contributes no action statistics
+    actions = stats["sawyer"]["actions"]
+    assert len(actions["mean"]) == 4 and actions["count"] > 0
+    assert all(lo <= q1 <= q99 <= hi for lo, q1, q99, hi in
+               zip(actions["min"], actions["q01"], actions["q99"], actions["max"]))
+    assert (out / "quarantine.jsonl").exists()
+
+
+def test_rebuild_with_same_config_is_skipped(built):
+    cfg, manifest = built
+    again = build_dataset(cfg)
+    assert again["created"] == manifest["created"]
+
+
+def test_corrupt_video_is_quarantined_and_the_rest_is_built(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["data"]["sources"].pop("sim")
+    for stage in raw["stages"]:
+        stage["mixture"] = {"weights": {"web": 1.0}}
+    cfg = validate(raw)
+    src = cfg.data.sources["web"]
+    from wamforge.data_pipeline.sources import make_source
+    make_source("web", src, cfg.data).prepare()
+    folder = Path(src.path)
+    good = sorted(folder.glob("*.mp4"))
+    (folder / "broken.mp4").write_bytes(good[0].read_bytes()[:300])  # truncated file
+    (folder / "garbage.mp4").write_bytes(b"not a video at all")
+    manifest = build_dataset(cfg)
+    lines = [json.loads(l) for l in (RunPaths.of(cfg).data / "quarantine.jsonl").read_text().splitlines()]
+    bad = {Path(q["spec"]["path"]).name: q["reason"] for q in lines}
+    assert set(bad) == {"broken.mp4", "garbage.mp4"}
+    assert all("could not be decoded" in reason or "no frames" in reason for reason in bad.values())
+    assert manifest["sources"]["web"]["episodes"] == len(good)
+    assert manifest["quarantined"] == 2
+
+
+def test_short_episode_is_quarantined_with_reason(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["data"]["sources"].pop("sim")
+    raw["data"]["sources"]["web"]["generate"] = {"videos": 2, "frames": 6}  # fewer than clip_frames
+    for stage in raw["stages"]:
+        stage["mixture"] = {"weights": {"web": 1.0}}
+    manifest = build_dataset(validate(raw))
+    assert manifest["samples"] == 0 and manifest["quarantined"] == 2
+    reasons = (RunPaths.of(validate(raw)).data / "quarantine.jsonl").read_text()
+    assert "fewer than clip_frames=9" in reasons

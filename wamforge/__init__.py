@@ -1,0 +1,13 @@
+"""wamforge: train World Action Models from raw data to an evaluated, exported policy."""
+
+__version__ = "0.1.0"
+
+
+def load_policy(directory, device=None, flow_steps=None):
+    """Load an exported policy (no DeepSpeed needed); see wamforge.training.policy."""
+    from wamforge.training.policy import load_policy as _load
+
+    return _load(directory, device=device, flow_steps=flow_steps)
+
+
+__all__ = ["load_policy", "__version__"]

@@ -1,0 +1,169 @@
+"""`wamforge` entry point: data build, train, export, eval, and run (all of them in order)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from wamforge.config import ConfigError, ExperimentConfig, load_config
+from wamforge.config.paths import RunPaths
+
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        return args.func(cfg, args) or 0
+    except ConfigError as err:
+        console.print(f"[red]config error:[/] {err}", soft_wrap=True)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        console.print(f"[red]error:[/] {err}", soft_wrap=True)
+        return 1
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_build(cfg: ExperimentConfig, args) -> int:
+    from wamforge.data_pipeline.build.pipeline import build_dataset
+
+    build_dataset(cfg, ray_address=args.ray_address, force=args.force, console=console)
+    return 0
+
+
+def cmd_train(cfg: ExperimentConfig, args) -> int:
+    from wamforge.launchers.local import launch_local
+
+    config_path = save_resolved(cfg)
+    code = launch_local(config_path, cfg.training.world_size, cfg.training.threads_per_rank,
+                        resume=args.resume, overwrite=args.overwrite)
+    if code:
+        console.print(f"[red]training failed[/] (a rank exited with code {code}); "
+                      f"resume with: wamforge train {args.config} --resume")
+    return code
+
+
+def cmd_export(cfg: ExperimentConfig, args) -> int:
+    from wamforge.training.export import export
+
+    out = export(cfg, out=args.out)
+    console.print(f"[green]exported[/] {out}")
+    return 0
+
+
+def cmd_eval(cfg: ExperimentConfig, args) -> int:
+    report = _evaluate(cfg, Path(args.policy) if args.policy else RunPaths.of(cfg).export)
+    console.print(f"[green]evaluation[/] written to {RunPaths.of(cfg).eval / 'report.json'}")
+    _print_eval(report)
+    return 0
+
+
+def cmd_run(cfg: ExperimentConfig, args) -> int:
+    """build -> train (all stages) -> export -> eval, resuming whatever already exists."""
+    from wamforge.data_pipeline.build.pipeline import build_dataset
+    from wamforge.launchers.local import launch_local
+    from wamforge.training.export import export
+    from wamforge.training.metrics import stage_summary
+
+    started = time.time()
+    paths = RunPaths.of(cfg)
+    build_dataset(cfg, ray_address=args.ray_address, console=console)
+    code = launch_local(save_resolved(cfg), cfg.training.world_size, cfg.training.threads_per_rank, resume=True)
+    if code:
+        console.print(f"[red]training failed[/] (exit {code}); rerun the same command to resume")
+        return code
+    export(cfg)
+    report = _evaluate(cfg, paths.export)
+    stages = [{"stage": s.name, **stage_summary(paths.stage(s.name) / "metrics.jsonl")} for s in cfg.stages]
+    summary = {"stages": stages, "eval": report.get("controllers", {}),
+               "latency_ms": report.get("latency_ms", {}), "wall_seconds": round(time.time() - started, 1)}
+    (paths.root / "summary.json").write_text(json.dumps(summary, indent=1))
+    _print_summary(summary)
+    return 0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def save_resolved(cfg: ExperimentConfig) -> Path:
+    """The fully resolved config, saved in the run directory; the rank processes read this copy."""
+    path = RunPaths.of(cfg).root / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def _evaluate(cfg: ExperimentConfig, policy_dir: Path) -> dict:
+    from wamforge.training.evaluate import evaluate
+    from wamforge import load_policy
+
+    source = cfg.data.sources[cfg.eval.source]
+    return evaluate(load_policy(policy_dir), cfg.eval, resolution=tuple(cfg.data.resolution),
+                    camera=source.camera, out_dir=RunPaths.of(cfg).eval)
+
+
+def _print_eval(report: dict) -> None:
+    table = Table(title="closed-loop evaluation")
+    for col in ("controller", "success rate", "mean episode length"):
+        table.add_column(col)
+    for name, c in report.get("controllers", {}).items():
+        table.add_row(name, f"{c['success_rate']:.2f}", f"{c['mean_episode_length']:.1f}")
+    console.print(table)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"training ({summary['wall_seconds']:.0f} s end to end)")
+    for col in ("stage", "steps", "first loss", "last loss", "samples/s"):
+        table.add_column(col)
+    for s in summary["stages"]:
+        table.add_row(s["stage"], str(s.get("steps", "-")), f"{s.get('first_loss', float('nan')):.4f}",
+                      f"{s.get('last_loss', float('nan')):.4f}", f"{s.get('samples_per_s', float('nan')):.1f}")
+    console.print(table)
+    _print_eval({"controllers": summary["eval"]})
+    lat = summary.get("latency_ms", {})
+    if lat:
+        console.print(f"policy latency per chunk: p50 {lat.get('p50', float('nan')):.1f} ms, "
+                      f"p95 {lat.get('p95', float('nan')):.1f} ms")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wamforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text, parent=sub):
+        p = parent.add_parser(name, help=help_text)
+        p.add_argument("config", help="experiment YAML, e.g. configs/experiments/quickstart.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set training.world_size=1")
+        p.set_defaults(func=func)
+        return p
+
+    data = sub.add_parser("data", help="dataset builds").add_subparsers(dest="data_command", required=True)
+    p = command("build", cmd_build, "build WebDataset shards with Ray Data", data)
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the manifest is up to date")
+
+    p = command("train", cmd_train, "train every stage on DeepSpeed")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="start stages again over existing checkpoints")
+
+    p = command("export", cmd_export, "export the last stage as a loadable policy")
+    p.add_argument("--out", default=None)
+
+    p = command("eval", cmd_eval, "closed-loop evaluation of an exported policy")
+    p.add_argument("--policy", default=None, help="export directory (default: runs/<name>/export)")
+
+    p = command("run", cmd_run, "build, train, export and evaluate in one go")
+    p.add_argument("--ray-address", default=None)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Typed experiment config: one file states data, model 4-tuple, stages and launch target."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# ----------------------------------------------------------------------------- data
+
+class ProceduralVideo(Strict):
+    """Procedural motion clips: an action-free stand-in for internet video, labelled as such."""
+    videos: int = Field(24, ge=1)
+    frames: int = Field(48, ge=5)
+    seed: int = 0
+
+
+class SourceConfig(Strict):
+    format: Literal["metaworld", "video_folder"]
+    kind: Literal["internet", "egocentric", "teleop", "sim", "synthetic"]
+    embodiment: str
+    description: str = ""
+    # metaworld
+    tasks: list[str] = []
+    episodes_per_task: int = Field(4, ge=1)
+    max_steps: int = Field(120, ge=8)
+    camera: str = "corner"
+    seed: int = 0
+    # video_folder
+    path: str | None = None
+    generate: ProceduralVideo | None = None
+    caption_file: str = "captions.jsonl"
+
+    @model_validator(mode="after")
+    def _format_fields(self):
+        if self.format == "metaworld" and not self.tasks:
+            raise ValueError("a metaworld source needs at least one task in 'tasks'")
+        if self.format == "video_folder" and not self.path:
+            raise ValueError("a video_folder source needs 'path'")
+        return self
+
+
+class DataConfig(Strict):
+    out_dir: str | None = None  # default: <run_dir>/data
+    clip_frames: int = Field(9, ge=1)
+    clip_stride: int = Field(4, ge=1)
+    resolution: tuple[int, int] = (64, 64)
+    fps: float = Field(10.0, gt=0)
+    shard_samples: int = Field(64, ge=1)
+    build_workers: int = Field(2, ge=1)
+    sources: dict[str, SourceConfig]
+
+    @field_validator("clip_frames")
+    @classmethod
+    def _wan_aligned(cls, t: int) -> int:
+        if (t - 1) % 4:
+            raise ValueError(f"clip_frames must be 1 + 4k to match the video VAE's temporal stride; got {t}")
+        return t
+
+
+# ----------------------------------------------------------------------------- model
+
+class TrunkConfig(Strict):
+    kind: Literal["wan_dit"] = "wan_dit"
+    dim: int = 96
+    layers: int = 4
+    heads: int = 4
+    ffn_dim: int = 256
+    patch: tuple[int, int, int] = (1, 2, 2)
+    tap_layer: int = 2  # the action expert reads features after this block
+    qk_norm: bool = True
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if not 1 <= self.tap_layer <= self.layers:
+            raise ValueError(f"tap_layer must be in 1..{self.layers}")
+        return self
+
+
+class VAEConfig(Strict):
+    kind: Literal["patchify"] = "patchify"
+    spatial: int = 4
+    temporal: int = 4
+
+
+class TextConfig(Strict):
+    dim: int = 64
+    max_tokens: int = 32
+
+
+class ActionExpertConfig(Strict):
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    horizon: int = 8  # action chunk length H
+
+
+class ModelConfig(Strict):
+    # the survey's 4-tuple (eq. 37)
+    substrate: Literal["pixel.latent", "pixel.decoded", "feature.tap", "feature.teacher",
+                       "geometric.flow", "affordance.map"] = "pixel.latent"
+    coupling: Literal["action_conditioned_rollout", "joint_generation", "post_prediction_head"] = "post_prediction_head"
+    backbone: Literal["diffusion", "autoregressive", "joint_embedding", "hybrid", "vlm"] = "diffusion"
+    regime: Literal["open_loop", "chunked", "single_step", "interactive"] = "chunked"
+    trunk: TrunkConfig = TrunkConfig()
+    vae: VAEConfig = VAEConfig()
+    text: TextConfig = TextConfig()
+    action_expert: ActionExpertConfig = ActionExpertConfig()
+    max_action_dim: int = 8
+    max_proprio_dim: int = 8
+    flow_shift: float = 1.0
+
+
+# ----------------------------------------------------------------------------- stages
+
+class CurriculumPoint(Strict):
+    step: int = Field(ge=0)
+    weights: dict[str, float]
+
+
+class MixtureConfig(Strict):
+    weights: dict[str, float]
+    curriculum: list[CurriculumPoint] = []  # piecewise-linear over the stage's steps
+
+    @model_validator(mode="after")
+    def _positive(self):
+        for table in [self.weights, *(p.weights for p in self.curriculum)]:
+            if any(w < 0 for w in table.values()) or sum(table.values()) <= 0:
+                raise ValueError("mixture weights must be non-negative and not all zero")
+        steps = [p.step for p in self.curriculum]
+        if steps != sorted(steps):
+            raise ValueError("curriculum breakpoints must be in increasing step order")
+        return self
+
+
+class StageConfig(Strict):
+    name: str
+    objective: Literal["video", "joint", "action"]
+    steps: int = Field(ge=1)
+    mixture: MixtureConfig
+    trainable: list[str] = ["*"]  # fnmatch patterns over parameter names
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = 0.0
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    loss_weights: dict[Literal["video", "action"], float] = {}
+    init_from: str | None = "previous"  # "previous", a path to model.safetensors, or null
+
+
+# ----------------------------------------------------------------------------- training / eval / launch
+
+class TrainingConfig(Strict):
+    world_size: int = Field(2, ge=1)
+    micro_batch_per_rank: int = Field(4, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    grad_clip: float = 1.0
+    checkpoint_every: int = Field(20, ge=1)
+    log_every: int = Field(5, ge=1)
+    prefetch_batches: int = Field(2, ge=0)
+    threads_per_rank: int = Field(1, ge=1)
+
+
+class EvalConfig(Strict):
+    tasks: list[str] = []
+    episodes: int = Field(3, ge=1)
+    max_steps: int = Field(150, ge=1)
+    execute_steps: int = Field(4, ge=1)  # K: actions executed per chunk
+    flow_steps: int = Field(8, ge=1)
+    seed: int = 1000
+    embodiment: str = "sawyer"
+    source: str = "sim"  # the data source whose camera and resolution the policy sees
+
+
+class LaunchConfig(Strict):
+    target: Literal["local", "slurm", "ray"] = "local"
+
+
+class ExperimentConfig(Strict):
+    name: str
+    seed: int = 0
+    run_dir: str = "runs"
+    embodiments: str = "configs/embodiments.yaml"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    stages: list[StageConfig]
+    eval: EvalConfig = EvalConfig()
+    launch: LaunchConfig = LaunchConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique; got {names}")
+        for stage in self.stages:
+            for table in [stage.mixture.weights, *(p.weights for p in stage.mixture.curriculum)]:
+                unknown = set(table) - set(self.data.sources)
+                if unknown:
+                    raise ValueError(f"stage '{stage.name}' mixes unknown sources {sorted(unknown)}; "
+                                     f"known: {sorted(self.data.sources)}")
+        if self.model.action_expert.horizon > self.data.clip_frames:
+            raise ValueError("model.action_expert.horizon cannot exceed data.clip_frames")
+        if self.stages and self.stages[0].init_from == "previous":
+            self.stages[0].init_from = None
+        return self

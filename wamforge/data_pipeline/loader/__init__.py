@@ -1,0 +1,3 @@
+from wamforge.data_pipeline.loader.loader import MixtureLoader
+
+__all__ = ["MixtureLoader"]

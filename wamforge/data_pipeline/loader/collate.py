@@ -1,0 +1,93 @@
+"""Raw shard samples -> model tensors: decode video, cut the action chunk, normalize, pad, mask."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import torch
+
+from wamforge.data_pipeline.schema import Batch
+from wamforge.data_pipeline.video import decode_mp4, untile_views
+from wamforge.model_zoo.embodiments import EmbodimentRegistry
+
+EPS = 1e-6
+
+
+class Normalizer:
+    """Per-embodiment mean/std normalization; dims marked `normalize: false` pass through raw."""
+
+    def __init__(self, stats: dict, registry: EmbodimentRegistry):
+        self.stats, self.registry = stats, registry
+
+    def _moments(self, embodiment: str, field: str, width: int):
+        s = self.stats.get(embodiment, {}).get(field)
+        if s is None:
+            return np.zeros(width, np.float32), np.ones(width, np.float32)
+        mean, std = np.asarray(s["mean"], np.float32), np.maximum(np.asarray(s["std"], np.float32), EPS)
+        if field == "actions":
+            keep_raw = ~np.asarray(self.registry[embodiment].normalize, bool)
+            mean, std = np.where(keep_raw, 0.0, mean), np.where(keep_raw, 1.0, std)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def normalize(self, embodiment: str, field: str, values: np.ndarray) -> np.ndarray:
+        mean, std = self._moments(embodiment, field, values.shape[-1])
+        return (values - mean) / std
+
+    def denormalize(self, embodiment: str, field: str, values: np.ndarray) -> np.ndarray:
+        mean, std = self._moments(embodiment, field, values.shape[-1])
+        return values * std + mean
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, V, H, W, 3] -> float [T, V, 3, H, W] in [-1, 1]"""
+    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)
+
+
+class Collator:
+    def __init__(self, normalizer: Normalizer, registry: EmbodimentRegistry, source_ids: dict[str, int],
+                 horizon: int, max_action_dim: int, max_proprio_dim: int):
+        self.normalizer, self.registry, self.source_ids = normalizer, registry, source_ids
+        self.horizon, self.a_max, self.p_max = horizon, max_action_dim, max_proprio_dim
+
+    def decode(self, raw: dict) -> dict:
+        meta = json.loads(raw["json"])
+        frames = untile_views(decode_mp4(raw["mp4"]), len(meta["views"]))
+        item = {"key": raw["__key__"], "meta": meta, "video": video_to_tensor(frames)}
+        emb = meta["embodiment"]
+        actions = np.zeros((self.horizon, self.a_max), np.float32)
+        action_mask = np.zeros((self.horizon, self.a_max), bool)
+        if "actions.npy" in raw:
+            chunk = load_npy(raw["actions.npy"])[: self.horizon]
+            if not np.isfinite(chunk).all():
+                raise ValueError("actions contain NaN or infinite values")
+            a = chunk.shape[1]
+            actions[: len(chunk), :a] = self.normalizer.normalize(emb, "actions", chunk)
+            action_mask[: len(chunk), :a] = True  # rows past the episode end stay padding
+        proprio = np.zeros(self.p_max, np.float32)
+        proprio_mask = np.zeros(self.p_max, bool)
+        if "proprio.npy" in raw:
+            first = load_npy(raw["proprio.npy"])[0]
+            proprio[: len(first)] = self.normalizer.normalize(emb, "proprio", first)
+            proprio_mask[: len(first)] = True
+        item.update(actions=actions, action_mask=action_mask, has_actions=bool(action_mask.any()),
+                    proprio=proprio, proprio_mask=proprio_mask)
+        return item
+
+    def collate(self, items: list[dict]) -> Batch:
+        return Batch(
+            video=torch.stack([i["video"] for i in items]),
+            actions=torch.from_numpy(np.stack([i["actions"] for i in items])),
+            action_mask=torch.from_numpy(np.stack([i["action_mask"] for i in items])),
+            has_actions=torch.tensor([i["has_actions"] for i in items]),
+            proprio=torch.from_numpy(np.stack([i["proprio"] for i in items])),
+            proprio_mask=torch.from_numpy(np.stack([i["proprio_mask"] for i in items])),
+            embodiment_id=torch.tensor([self.registry[i["meta"]["embodiment"]].id for i in items]),
+            source_id=torch.tensor([self.source_ids[i["meta"]["source"]] for i in items]),
+            text=[i["meta"].get("language", "") for i in items],
+            keys=[i["key"] for i in items],
+        )

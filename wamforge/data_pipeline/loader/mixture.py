@@ -1,0 +1,33 @@
+"""Stage mixtures: source weights at a global step (curricula are piecewise linear), and a
+draw of sources for each batch slot that depends only on (seed, step, rank), so a resumed run
+draws exactly what an uninterrupted one would."""
+from __future__ import annotations
+
+import numpy as np
+
+from wamforge.config.schema import MixtureConfig
+
+
+def weights_at(mixture: MixtureConfig, step: int) -> dict[str, float]:
+    points = mixture.curriculum
+    if not points:
+        table = dict(mixture.weights)
+    elif step <= points[0].step:
+        table = dict(points[0].weights)
+    elif step >= points[-1].step:
+        table = dict(points[-1].weights)
+    else:
+        right = next(i for i, p in enumerate(points) if p.step > step)
+        a, b = points[right - 1], points[right]
+        frac = (step - a.step) / (b.step - a.step)
+        names = set(a.weights) | set(b.weights)
+        table = {n: (1 - frac) * a.weights.get(n, 0.0) + frac * b.weights.get(n, 0.0) for n in names}
+    total = sum(table.values())
+    return {name: w / total for name, w in sorted(table.items()) if w > 0}
+
+
+def draw_sources(weights: dict[str, float], batch_size: int, seed: int, step: int, rank: int) -> list[str]:
+    rng = np.random.default_rng([seed, step, rank])
+    names = list(weights)
+    picks = rng.choice(len(names), size=batch_size, p=np.array([weights[n] for n in names]))
+    return [names[i] for i in picks]

@@ -1,0 +1,83 @@
+"""The episode, shard-sample and batch contracts that every room agrees on."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+SCHEMA_VERSION = 1
+KINDS = ("internet", "egocentric", "teleop", "sim", "synthetic")
+
+
+@dataclass
+class Episode:
+    """One recorded episode as a source adapter yields it, before windowing."""
+    source: str
+    episode: str
+    kind: str
+    embodiment: str
+    frames: np.ndarray  # uint8 [N, V, H, W, 3]
+    fps: float
+    views: list[str]
+    language: str = ""
+    actions: np.ndarray | None = None  # float32 [N, A], raw units, one per frame
+    proprio: np.ndarray | None = None  # float32 [N, P]
+    action_space: str = ""
+    extra: dict = field(default_factory=dict)  # e.g. {"success": True, "task": "reach-v3"}
+
+    def validate(self) -> None:
+        """Raise ValueError with one sentence naming what is wrong."""
+        f = self.frames
+        if f.ndim != 5 or f.shape[-1] != 3 or f.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [N, V, H, W, 3], got {f.dtype} {tuple(f.shape)}")
+        if f.shape[1] != len(self.views):
+            raise ValueError(f"frames have {f.shape[1]} views but the episode names {len(self.views)}")
+        for name in ("actions", "proprio"):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            if arr.ndim != 2 or len(arr) != len(f):
+                raise ValueError(f"{name} must be [N, D] with N = {len(f)} frames, got {tuple(arr.shape)}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name} contain NaN or infinite values")
+
+
+def sample_key(source: str, episode: str, start: int) -> str:
+    """`<source>/<episode>/<start>`, sanitized: no traversal, no absolute paths, no dots in names."""
+    def clean(part: str) -> str:
+        part = re.sub(r"[^A-Za-z0-9_\-]+", "_", part).strip("_")
+        if not part:
+            raise ValueError("an empty name cannot form a sample key")
+        return part
+    return f"{clean(source)}/{clean(episode)}/{start:06d}"
+
+
+@dataclass
+class Batch:
+    """What the model sees: padded to fixed maxima, with masks saying what is real."""
+    video: torch.Tensor  # float [B, T, V, 3, H, W] in [-1, 1]
+    actions: torch.Tensor  # float [B, H, A_max], normalized
+    action_mask: torch.Tensor  # bool [B, H, A_max]
+    has_actions: torch.Tensor  # bool [B]
+    proprio: torch.Tensor  # float [B, P_max], normalized, at the window's first frame
+    proprio_mask: torch.Tensor  # bool [B, P_max]
+    embodiment_id: torch.Tensor  # long [B]
+    source_id: torch.Tensor  # long [B]
+    text: list[str]
+    keys: list[str]
+
+    def to(self, device, dtype: torch.dtype | None = None) -> "Batch":
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, non_blocking=True)
+                if dtype is not None and value.is_floating_point():
+                    value = value.to(dtype)
+            out[f.name] = value
+        return Batch(**out)
+
+    def __len__(self) -> int:
+        return len(self.keys)

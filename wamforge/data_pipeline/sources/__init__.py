@@ -1,0 +1,21 @@
+"""Source adapters: one module per on-disk or generated format, each yielding `Episode`s.
+
+An adapter has `episode_specs() -> list[dict]` (small, JSON-able, deterministic) and
+`load(spec) -> Episode`; `prepare()` is optional. Adapters are built inside Ray workers, so
+they are imported lazily by format name.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+from wamforge.config.schema import DataConfig, SourceConfig
+
+ADAPTERS = {
+    "metaworld": "wamforge.data_pipeline.sources.metaworld:MetaWorldSource",
+    "video_folder": "wamforge.data_pipeline.sources.video_folder:VideoFolderSource",
+}
+
+
+def make_source(name: str, cfg: SourceConfig, data: DataConfig):
+    module, cls = ADAPTERS[cfg.format].split(":")
+    return getattr(import_module(module), cls)(name, cfg, data)

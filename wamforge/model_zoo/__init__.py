@@ -1,0 +1,3 @@
+from wamforge.model_zoo.wam import WorldActionModel
+
+__all__ = ["WorldActionModel"]

@@ -1,0 +1,51 @@
+"""Flow-matching action expert that reads a video trunk's intermediate features.
+
+The survey's latent-only feature tap (Fast-WAM, mimic-video): the trunk runs once up to its tap
+layer, and this small transformer denoises an action chunk by cross-attending to those cached
+features, so predicting actions never requires generating video.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wamforge.config.schema import ActionExpertConfig
+from wamforge.model_zoo.trunks.wan_dit import (FREQ_DIM, FP32LayerNorm, FP32Linear, TimestepEmbedding,
+                                               WanTransformerBlock)
+
+
+class ActionExpert(nn.Module):
+    """Tokens: H action tokens + 1 proprio token, each block AdaLN'd by the action timestep."""
+
+    def __init__(self, cfg: ActionExpertConfig, context_dim: int, eps: float = 1e-6):
+        super().__init__()
+        dim = cfg.dim
+        self.position_embedding = nn.Parameter(torch.randn(1, cfg.horizon + 1, dim) * 0.02)  # last row: proprio
+        self.time_embedder = TimestepEmbedding(FREQ_DIM, dim)
+        self.act_fn = nn.SiLU()
+        self.time_proj = FP32Linear(dim, 6 * dim)
+        self.context_norm = FP32LayerNorm(context_dim, eps)  # tapped DiT states are not normalized
+        self.context_proj = nn.Linear(context_dim, dim)
+        self.blocks = nn.ModuleList(WanTransformerBlock(dim, 4 * dim, cfg.heads) for _ in range(cfg.layers))
+        self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        for module in self.modules():  # the trunk's recipe
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in (self.time_embedder.linear_1, self.time_embedder.linear_2, self.time_proj):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, action_tokens: torch.Tensor, proprio_token: torch.Tensor, timestep: torch.Tensor,
+                features: torch.Tensor) -> torch.Tensor:
+        """action_tokens [B, H, dim], proprio_token [B, 1, dim], timestep [B] in [0, 1000],
+        trunk features [B, L, context_dim] -> hidden states of the action tokens [B, H, dim]."""
+        horizon = action_tokens.shape[1]
+        x = torch.cat([action_tokens, proprio_token], dim=1) + self.position_embedding
+        temb = self.time_embedder(timestep)[:, None]  # [B, 1, dim]: one timestep for all tokens
+        timestep_proj = self.time_proj(self.act_fn(temb)).unflatten(-1, (6, -1))
+        context = self.context_proj(self.context_norm(features).type_as(x))
+        for block in self.blocks:
+            x = block(x, context, timestep_proj)
+        shift, scale = (self.scale_shift_table.float() + temb[:, :, None]).unbind(dim=2)
+        return (self.norm_out(x[:, :horizon]) * (1 + scale) + shift).type_as(x)

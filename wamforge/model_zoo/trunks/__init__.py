@@ -1,0 +1,3 @@
+from wamforge.model_zoo.trunks.wan_dit import WanDiT
+
+__all__ = ["WanDiT"]

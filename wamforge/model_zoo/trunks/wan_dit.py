@@ -1,0 +1,265 @@
+"""A small Wan2.1/2.2-class video DiT.
+
+Module and parameter names follow diffusers' `WanTransformer3DModel` (condition_embedder.*,
+blocks.N.attn1.to_q, blocks.N.ffn.net.0.proj, scale_shift_table, proj_out, ...) so official
+weights can be mapped onto it one to one. Timesteps use Wan's scale, [0, 1000], and may be given
+per token ([B, L], as in Wan2.2 TI2V) or per sample ([B]).
+
+Modulation, norms and the time embedding run in fp32 even when the rest of the model runs in
+bf16, as in Wan: the weights are upcast on the fly, so this holds under autocast and under a
+model cast wholesale to bf16 (e.g. by DeepSpeed).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wamforge.model_zoo.attention import attention
+
+FREQ_DIM = 256  # width of the sinusoidal timestep features
+
+
+def sinusoidal_embedding(timestep: torch.Tensor, dim: int = FREQ_DIM) -> torch.Tensor:
+    """[...] -> [..., dim] fp32, cos half first (diffusers' flip_sin_to_cos=True, shift 0)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=timestep.device) / half)
+    angles = timestep.float()[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def _fp32(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.float()
+
+
+class FP32Linear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float(), _fp32(self.bias))
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x.float(), self.normalized_shape, _fp32(self.weight), _fp32(self.bias), self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Normalizes in fp32 and returns the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).type_as(x)
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal features -> MLP, in fp32."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = FP32Linear(in_dim, dim)
+        self.act = nn.SiLU()
+        self.linear_2 = FP32Linear(dim, dim)
+
+    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(sinusoidal_embedding(timestep, self.linear_1.in_features))))
+
+
+class TextProjection(nn.Module):
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.act_1 = nn.GELU(approximate="tanh")
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act_1(self.linear_1(x)))
+
+
+class WanTimeTextEmbedding(nn.Module):
+    def __init__(self, dim: int, text_dim: int):
+        super().__init__()
+        self.time_embedder = TimestepEmbedding(FREQ_DIM, dim)
+        self.act_fn = nn.SiLU()
+        self.time_proj = FP32Linear(dim, 6 * dim)
+        self.text_embedder = TextProjection(text_dim, dim)
+
+    def forward(self, timestep: torch.Tensor, text_emb: torch.Tensor):
+        """timestep [B, L] -> temb [B, L, dim], timestep_proj [B, L, 6, dim] (fp32); text -> [B, Lt, dim]."""
+        temb = self.time_embedder(timestep)
+        timestep_proj = self.time_proj(self.act_fn(temb)).unflatten(-1, (6, -1))
+        return temb, timestep_proj, self.text_embedder(text_emb)
+
+
+class WanRotaryPosEmbed(nn.Module):
+    """Wan's 3D RoPE: the head dim is split into time / height / width bands, each rotating
+    adjacent channel pairs as complex numbers by position * frequency."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        super().__init__()
+        hw_band = 2 * (head_dim // 6)
+        self.bands = (head_dim - 2 * hw_band, hw_band, hw_band)
+        self.theta = theta
+
+    def forward(self, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape [frames * height * width, head_dim / 2], fp32."""
+        grid = (frames, height, width)
+        angles = []
+        for axis, (size, band) in enumerate(zip(grid, self.bands)):
+            freqs = self.theta ** (-torch.arange(0, band, 2, device=device, dtype=torch.float64) / band)
+            axis_angles = torch.arange(size, device=device, dtype=torch.float64)[:, None] * freqs
+            shape = [1, 1, 1, band // 2]
+            shape[axis] = size
+            angles.append(axis_angles.view(shape).expand(*grid, band // 2))
+        angles = torch.cat(angles, dim=-1).flatten(0, 2).float()
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate channel pairs (x[2i], x[2i+1]) of x [B, heads, L, d] as complex numbers."""
+    cos, sin = rotary
+    real, imag = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class WanAttention(nn.Module):
+    """Self- or cross-attention; q/k RMSNorm spans all heads, as in Wan."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # a list only so names read to_out.0.*
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rotary=None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(context)), self.to_v(context)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        out = attention(q, k, v, key_padding_mask=context_mask)
+        return self.to_out[0](out.transpose(1, 2).flatten(2))
+
+
+class GELUProjection(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        # slot 1 is diffusers' dropout; kept so the weights are named net.0.proj and net.2
+        self.net = nn.Sequential(GELUProjection(dim, hidden), nn.Identity(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class WanTransformerBlock(nn.Module):
+    """AdaLN self-attention (RoPE) -> LayerNorm cross-attention -> AdaLN FFN."""
+
+    def __init__(self, dim: int, ffn_dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.attn1 = WanAttention(dim, heads, qk_norm, eps)
+        self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=True)
+        self.attn2 = WanAttention(dim, heads, qk_norm, eps)
+        self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = FeedForward(dim, ffn_dim)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, timestep_proj: torch.Tensor,
+                rotary=None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, dim]; timestep_proj [B, L or 1, 6, dim] (per token or broadcast over tokens)."""
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
+            self.scale_shift_table.float() + timestep_proj.float()).unbind(dim=2)
+
+        h = (self.norm1(x) * (1 + scale_msa) + shift_msa).type_as(x)
+        x = (x.float() + self.attn1(h, rotary=rotary).float() * gate_msa).type_as(x)
+
+        x = x + self.attn2(self.norm2(x).type_as(x), context, context_mask=context_mask)
+
+        h = (self.norm3(x) * (1 + c_scale_msa) + c_shift_msa).type_as(x)
+        return (x.float() + self.ffn(h).float() * c_gate_msa).type_as(x)
+
+
+class WanDiT(nn.Module):
+    def __init__(self, in_channels: int, dim: int, layers: int, heads: int, ffn_dim: int,
+                 text_dim: int, patch: tuple[int, int, int] = (1, 2, 2), qk_norm: bool = True,
+                 eps: float = 1e-6):
+        super().__init__()
+        self.patch_size = tuple(patch)
+        self.out_channels = in_channels
+        self.rope = WanRotaryPosEmbed(dim // heads)
+        self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.condition_embedder = WanTimeTextEmbedding(dim, text_dim)
+        self.blocks = nn.ModuleList(WanTransformerBlock(dim, ffn_dim, heads, qk_norm, eps) for _ in range(layers))
+        self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, in_channels * math.prod(patch))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self._init_weights()
+
+    def _init_weights(self):
+        # Wan's recipe: xavier linears, small embedders, zero output so training starts at v = 0
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.view(self.patch_embedding.out_channels, -1))
+        for module in self.condition_embedder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(self.proj_out.weight)
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
+                text_mask: torch.Tensor | None = None, tap_layer: int | None = None,
+                stop_at_tap: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """latents [B, C, F, H, W]; timestep [B] or [B, L_tokens] in [0, 1000].
+
+        Returns (velocity prediction [B, C, F, H, W], hidden states after block `tap_layer`
+        [B, L_tokens, dim]). With stop_at_tap the later blocks and the head are skipped and the
+        prediction is None.
+        """
+        if stop_at_tap and tap_layer is None:
+            raise ValueError("stop_at_tap needs a tap_layer")
+        batch, _, frames, height, width = latents.shape
+        p_t, p_h, p_w = self.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
+
+        rotary = self.rope(*grid, latents.device)
+        x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        if timestep.ndim == 1:
+            timestep = timestep[:, None]  # one timestep broadcast over all tokens
+        temb, timestep_proj, context = self.condition_embedder(timestep, text_emb)
+
+        tapped = None
+        for index, block in enumerate(self.blocks, start=1):
+            x = block(x, context, timestep_proj, rotary, text_mask)
+            if index == tap_layer:
+                tapped = x
+                if stop_at_tap:
+                    return None, tapped
+
+        shift, scale = (self.scale_shift_table.float() + temb[:, :, None]).unbind(dim=2)
+        x = self.proj_out((self.norm_out(x) * (1 + scale) + shift).type_as(x))
+        x = x.reshape(batch, *grid, p_t, p_h, p_w, self.out_channels)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(batch, self.out_channels, frames, height, width)
+        return x, tapped

@@ -1,0 +1,3 @@
+from wamforge.model_zoo.vae.patchify import PatchifyVAE
+
+__all__ = ["PatchifyVAE"]

@@ -1,0 +1,149 @@
+"""World Action Model: a Wan-style video DiT trunk with a feature-tap flow-matching action expert.
+
+Both the video and the actions use rectified flow in Wan's convention:
+    x_t = (1 - t) * x0 + t * noise,   target velocity v = noise - x0,   t in [0, 1].
+The current observation is the first latent frame; it is always clean (timestep 0 on its tokens,
+as in Wan2.2 TI2V) and only the future latent frames are noised and scored.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wamforge.config.schema import ModelConfig
+from wamforge.data_pipeline.schema import Batch
+from wamforge.model_zoo.heads import ActionExpert, EmbodimentBank
+from wamforge.model_zoo.text_encoder import ByteTextEncoder
+from wamforge.model_zoo.trunks import WanDiT
+from wamforge.model_zoo.vae import PatchifyVAE
+
+NUM_TRAIN_TIMESTEPS = 1000  # the DiT and the expert take t * 1000, Wan's timestep scale
+PURE_NOISE_PROB = 0.25  # joint objective: share of samples whose future video is pure noise
+OBJECTIVES = ("video", "joint", "action")
+
+
+class WorldActionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_embodiments: int, clip_frames: int,
+                 resolution: tuple[int, int], views: int = 1):
+        super().__init__()
+        trunk = cfg.trunk
+        if trunk.patch[0] != 1:
+            raise ValueError("the clean current frame needs tokens of its own: trunk.patch[0] must be 1")
+        height, width = resolution
+        cell_h, cell_w = cfg.vae.spatial * trunk.patch[1], cfg.vae.spatial * trunk.patch[2]
+        if height % cell_h or (views * width) % cell_w:
+            raise ValueError(f"resolution {height}x{width} with {views} view(s) tiled along width must be "
+                             f"divisible by VAE stride x patch = {cell_h}x{cell_w}")
+        self.tap_layer = trunk.tap_layer
+        self.flow_shift = cfg.flow_shift
+        self.horizon = cfg.action_expert.horizon
+
+        self.vae = PatchifyVAE(cfg.vae.spatial, cfg.vae.temporal)
+        self.latent_frames = self.vae.latent_frames(clip_frames)
+        self.text_encoder = ByteTextEncoder(cfg.text.dim, cfg.text.max_tokens)
+        self.trunk = WanDiT(self.vae.latent_channels, trunk.dim, trunk.layers, trunk.heads, trunk.ffn_dim,
+                            text_dim=cfg.text.dim, patch=trunk.patch, qk_norm=trunk.qk_norm)
+        self.action_expert = ActionExpert(cfg.action_expert, context_dim=trunk.dim)
+        self.embodiments = EmbodimentBank(num_embodiments, cfg.max_action_dim, cfg.max_proprio_dim,
+                                          cfg.action_expert.dim)
+
+    def param_count(self) -> dict[str, int]:
+        counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
+        return {**counts, "total": sum(counts.values())}
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, T, V, 3, H, W] -> latents [B, C, F, h, w]; the views are tiled side by side along width."""
+        b, t, v, c, h, w = video.shape
+        return self.vae.encode(video.permute(0, 1, 3, 4, 2, 5).reshape(b, t, c, h, v * w))
+
+    def _sample_time(self, batch: int, device) -> torch.Tensor:
+        # Wan's shifted schedule: shift > 1 spends more steps at high noise
+        u = torch.rand(batch, device=device)
+        return self.flow_shift * u / (1 + (self.flow_shift - 1) * u)
+
+    def _run_trunk(self, latents: torch.Tensor, future_t: torch.Tensor, text: list[str],
+                   tap_layer: int | None, stop_at_tap: bool):
+        """Per-token timesteps: 0 on the current frame's tokens, future_t [B] on all later ones."""
+        frames, height, width = latents.shape[2:]
+        frame_t = future_t[:, None].repeat(1, frames)
+        frame_t[:, 0] = 0.0
+        tokens_per_frame = (height // self.trunk.patch_size[1]) * (width // self.trunk.patch_size[2])
+        timestep = frame_t.repeat_interleave(tokens_per_frame, dim=1) * NUM_TRAIN_TIMESTEPS
+        text_emb, text_mask = self.text_encoder(text)
+        return self.trunk(latents, timestep, text_emb, text_mask, tap_layer=tap_layer, stop_at_tap=stop_at_tap)
+
+    def _action_velocity(self, noisy_actions, action_mask, t, features, proprio, proprio_mask, embodiment_id):
+        tokens = self.embodiments.embed_actions(noisy_actions, action_mask, embodiment_id)
+        proprio_token = self.embodiments.embed_proprio(proprio, proprio_mask, embodiment_id)
+        hidden = self.action_expert(tokens, proprio_token, t * NUM_TRAIN_TIMESTEPS, features)
+        return self.embodiments.project_actions(hidden, embodiment_id).float()
+
+    def _action_loss(self, batch: Batch, features: torch.Tensor) -> torch.Tensor:
+        x0 = batch.actions.float()
+        mask = (batch.action_mask & batch.has_actions[:, None, None]).float()
+        t = torch.rand(len(x0), device=x0.device)[:, None, None]  # independent of the video's t
+        noise = torch.randn_like(x0)
+        velocity = self._action_velocity((1 - t) * x0 + t * noise, mask, t[:, 0, 0], features,
+                                         batch.proprio, batch.proprio_mask, batch.embodiment_id)
+        squared = (velocity - (noise - x0)) ** 2 * mask
+        # with no real entries this is an exact 0 that still reaches every expert weight (DeepSpeed needs that)
+        return squared.sum() / mask.sum().clamp(min=1)
+
+    def loss(self, batch: Batch, objective: str, loss_weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """objective: "video" (video flow loss), "joint" (video + action, independent timesteps) or
+        "action" (future video is pure noise, trunk run only to the tap, action loss only)."""
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective '{objective}'; expected one of {OBJECTIVES}")
+        x0 = self.encode_video(batch.video)
+        batch_size = len(x0)
+        if objective == "action":
+            future_t = torch.ones(batch_size, device=x0.device)
+        else:
+            future_t = self._sample_time(batch_size, x0.device)
+        if objective == "joint":  # also learn to act from the pure-noise future seen at inference
+            pure_noise = torch.rand(batch_size, device=x0.device) < PURE_NOISE_PROB
+            future_t = torch.where(pure_noise, 1.0, future_t)
+
+        noise = torch.randn_like(x0)
+        t = future_t[:, None, None, None, None]
+        x_t = torch.cat([x0[:, :, :1], ((1 - t) * x0[:, :, 1:] + t * noise[:, :, 1:]).to(x0.dtype)], dim=2)
+        prediction, features = self._run_trunk(
+            x_t, future_t, batch.text, tap_layer=None if objective == "video" else self.tap_layer,
+            stop_at_tap=objective == "action")
+
+        zero = torch.zeros((), device=x0.device)
+        video_loss = zero if prediction is None else F.mse_loss(
+            prediction[:, :, 1:].float(), (noise - x0)[:, :, 1:].float())
+        action_loss = zero if features is None else self._action_loss(batch, features)
+        weights = {"video": 1.0, "action": 1.0, **loss_weights}
+        total = weights["video"] * video_loss + weights["action"] * action_loss
+        return {"loss": total, "video_loss": video_loss.detach(), "action_loss": action_loss.detach()}
+
+    @torch.no_grad()
+    def sample_actions(self, video: torch.Tensor, proprio: torch.Tensor, proprio_mask: torch.Tensor,
+                       embodiment_id: torch.Tensor, text: list[str], steps: int = 8,
+                       generator: torch.Generator | None = None,
+                       action_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Current frame [B, 1, V, 3, H, W] -> normalized action chunk [B, H, A_max].
+
+        action_mask [B, A_max] marks the embodiment's real action dims, as in training (default:
+        all). The trunk runs once, to the tap, on the clean frame plus pure-noise future frames;
+        the expert then integrates its flow from t = 1 to 0 over the cached features.
+        """
+        current = self.encode_video(video)
+        batch, channels, _, height, width = current.shape
+        future = torch.randn((batch, channels, self.latent_frames - 1, height, width), generator=generator,
+                             device=current.device).to(current.dtype)
+        ones = torch.ones(batch, device=current.device)
+        _, features = self._run_trunk(torch.cat([current, future], dim=2), ones, text,
+                                      tap_layer=self.tap_layer, stop_at_tap=True)
+
+        max_action_dim = self.embodiments.action_out.shape[-1]
+        mask = ones[:, None, None] if action_mask is None else action_mask[:, None, :].float()
+        actions = torch.randn((batch, self.horizon, max_action_dim), generator=generator, device=current.device)
+        for step in range(steps):
+            t = ones * (1 - step / steps)
+            actions = actions - self._action_velocity(actions, mask, t, features, proprio, proprio_mask,
+                                                      embodiment_id) / steps
+        return actions * mask

@@ -1,0 +1,72 @@
+"""Checkpoints: `<stage>/checkpoints/step-N/` holds the DeepSpeed state, each rank's loader state
+and RNG, and `trainer_state.json`; `latest` names the newest complete step, replaced atomically
+only after everything above is on disk."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from wamforge.training.distributed import barrier
+
+LATEST = "latest"
+
+
+def save(engine, root: Path, step: int, loader_state: dict, trainer_state: dict, rank: int) -> Path:
+    tag = f"step-{step}"
+    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    step_dir = root / tag
+    (step_dir / f"loader.rank{rank}.json").write_text(json.dumps(loader_state))
+    save_file({"cpu": torch.get_rng_state(), **_cuda_rng()}, str(step_dir / f"rng.rank{rank}.safetensors"))
+    barrier()
+    if rank == 0:
+        (step_dir / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=1))
+        _write_atomic(root / LATEST, tag)
+    barrier()
+    return step_dir
+
+
+def latest(root: Path) -> Path | None:
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    step_dir = root / pointer.read_text().strip()
+    return step_dir if (step_dir / "trainer_state.json").exists() else None
+
+
+def restore(engine, step_dir: Path, rank: int) -> tuple[dict, dict]:
+    """Load weights/optimizer/scheduler, RNG; return (trainer_state, this rank's loader state)."""
+    load_path, _ = engine.load_checkpoint(str(step_dir.parent), tag=step_dir.name,
+                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {step_dir}")
+    rng = load_file(str(step_dir / f"rng.rank{rank}.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available() and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"])
+    loader_file = step_dir / f"loader.rank{rank}.json"
+    if not loader_file.exists():
+        raise RuntimeError(f"{step_dir} has no loader state for rank {rank}; "
+                           "resume with the world size the checkpoint was written with")
+    return json.loads((step_dir / "trainer_state.json").read_text()), json.loads(loader_file.read_text())
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def _cuda_rng() -> dict:
+    return {"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

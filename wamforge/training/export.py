@@ -1,0 +1,53 @@
+"""Export: the last stage's weights as safetensors plus everything `load_policy` needs, and a card."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from wamforge.config.paths import RunPaths
+from wamforge.config.schema import ExperimentConfig
+from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.training.metrics import stage_summary
+
+
+def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = None) -> Path:
+    paths = RunPaths.of(cfg)
+    stage = stage or cfg.stages[-1].name
+    weights = paths.final_weights(stage)
+    if not weights.exists():
+        raise FileNotFoundError(f"stage '{stage}' has no final weights at {weights}; train it first")
+    out = Path(out or paths.export)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, out / "model.safetensors")
+    shutil.copyfile(paths.data / "stats.json", out / "stats.json")
+    registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
+    (out / "embodiments.json").write_text(json.dumps(registry.to_dict(), indent=1))
+    (out / "config.json").write_text(json.dumps({"experiment": cfg.model_dump(mode="json"),
+                                                 "exported_stage": stage}, indent=1))
+    (out / "README.md").write_text(model_card(cfg, paths, stage))
+    return out
+
+
+def model_card(cfg: ExperimentConfig, paths: RunPaths, stage: str) -> str:
+    m = cfg.model
+    manifest_path = paths.data / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"sources": {}}
+    lines = [f"# {cfg.name}", "",
+             "A World Action Model trained with wamforge. Load it with `wamforge.load_policy(dir)`; "
+             "`policy.act(observation, instruction)` returns an action chunk in the embodiment's raw units.", "",
+             "## Design (substrate, coupling, backbone, regime)", "",
+             f"- substrate: `{m.substrate}`", f"- coupling: `{m.coupling}`", f"- backbone: `{m.backbone}` "
+             f"(Wan-class DiT, {m.trunk.layers} layers, dim {m.trunk.dim}; action expert taps block {m.trunk.tap_layer})",
+             f"- regime: `{m.regime}` (chunk H = {m.action_expert.horizon})", "",
+             "## Stages", "", "| stage | objective | steps | first loss | last loss |", "|---|---|---|---|---|"]
+    for s in cfg.stages:
+        metrics = paths.stage(s.name) / "metrics.jsonl"
+        summ = stage_summary(metrics) if metrics.exists() else {}
+        lines.append(f"| {s.name} | {s.objective} | {s.steps} | {summ.get('first_loss', float('nan')):.4f} | "
+                     f"{summ.get('last_loss', float('nan')):.4f} |")
+    lines += ["", "## Data", "", "| source | kind | embodiment | episodes | windows |", "|---|---|---|---|---|"]
+    for name, s in manifest["sources"].items():
+        lines.append(f"| {name} | {s['kind']} | {s['embodiment']} | {s['episodes']} | {s['samples']} |")
+    lines += ["", f"Exported from stage `{stage}`. Evaluation, when run, is in `{paths.eval}/report.json`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""`load_policy(dir)`: an exported WAM as a policy, with no DeepSpeed in sight."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from wamforge.config import validate
+from wamforge.data_pipeline.loader.collate import Normalizer, video_to_tensor
+from wamforge.data_pipeline.video import resize_center_crop
+from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.model_zoo.wam import WorldActionModel
+
+
+class Policy:
+    def __init__(self, model: WorldActionModel, cfg, registry: EmbodimentRegistry, stats: dict,
+                 device: torch.device, flow_steps: int):
+        self.model, self.cfg, self.registry = model.eval(), cfg, registry
+        self.normalizer = Normalizer(stats, registry)
+        self.device, self.flow_steps = device, flow_steps
+        self.resolution = tuple(cfg.data.resolution)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    @property
+    def horizon(self) -> int:
+        return self.cfg.model.action_expert.horizon
+
+    @torch.no_grad()
+    def act(self, observation: dict, instruction: str, embodiment: str | None = None) -> np.ndarray:
+        """observation = {"image": uint8 [V,H,W,3] or [H,W,3], "proprio": float [P]} -> [H, A] raw units."""
+        emb = self.registry[embodiment or self.cfg.eval.embodiment]
+        image = np.asarray(observation["image"], dtype=np.uint8)
+        if image.ndim == 3:
+            image = image[None]
+        image = resize_center_crop(image, self.resolution)
+        video = video_to_tensor(image[None]).unsqueeze(0).to(self.device)  # [1, 1, V, 3, H, W]
+        p_max = self.cfg.model.max_proprio_dim
+        proprio = np.zeros(p_max, np.float32)
+        proprio_mask = np.zeros(p_max, bool)
+        if observation.get("proprio") is not None and emb.proprio_dim:
+            raw = np.asarray(observation["proprio"], np.float32)[: emb.proprio_dim]
+            proprio[: len(raw)] = self.normalizer.normalize(emb.name, "proprio", raw)
+            proprio_mask[: len(raw)] = True
+        actions = self.model.sample_actions(
+            video, torch.from_numpy(proprio)[None].to(self.device), torch.from_numpy(proprio_mask)[None].to(self.device),
+            torch.tensor([emb.id], device=self.device), [instruction], steps=self.flow_steps,
+            generator=self.generator)
+        chunk = actions[0, :, : emb.action_dim].float().cpu().numpy()
+        chunk = self.normalizer.denormalize(emb.name, "actions", chunk)
+        if emb.action_low is not None:
+            chunk = np.clip(chunk, emb.action_low, emb.action_high)
+        return chunk.astype(np.float32)
+
+
+def load_policy(directory: str | Path, device: str | None = None, flow_steps: int | None = None) -> Policy:
+    directory = Path(directory)
+    meta = json.loads((directory / "config.json").read_text())
+    cfg = validate(meta["experiment"], directory / "config.json")
+    registry = EmbodimentRegistry.from_dict(json.loads((directory / "embodiments.json").read_text()))
+    stats = json.loads((directory / "stats.json").read_text())
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = WorldActionModel(cfg.model, num_embodiments=len(registry), clip_frames=cfg.data.clip_frames,
+                             resolution=tuple(cfg.data.resolution))
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return Policy(model.to(dev), cfg, registry, stats, dev, flow_steps or cfg.eval.flow_steps)

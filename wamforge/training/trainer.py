@@ -1,0 +1,170 @@
+"""The one trainer loop: every stage, under every launcher, on DeepSpeed.
+
+Each stage builds the model, takes the previous stage's weights (or its own latest checkpoint on
+resume), streams its mixture and steps the engine; rank 0 logs and writes the stage's final weights.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from wamforge.config.paths import RunPaths
+from wamforge.config.schema import ExperimentConfig, StageConfig
+from wamforge.data_pipeline.loader import MixtureLoader
+from wamforge.data_pipeline.loader.collate import Collator, Normalizer
+from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.model_zoo.wam import WorldActionModel
+from wamforge.training import checkpoint
+from wamforge.training.distributed import DistEnv, barrier, init, mean_across_ranks, read_env
+from wamforge.training.engine import build_engine, resolve_precision
+from wamforge.training.metrics import JsonlLog, stage_summary
+from wamforge.training.stages import load_initial_weights
+
+
+class RunExistsError(RuntimeError):
+    pass
+
+
+def build_model(cfg: ExperimentConfig, registry: EmbodimentRegistry) -> WorldActionModel:
+    return WorldActionModel(cfg.model, num_embodiments=len(registry), clip_frames=cfg.data.clip_frames,
+                            resolution=tuple(cfg.data.resolution))
+
+
+def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> list[dict]:
+    dist = read_env()
+    device = init(dist)
+    torch.set_num_threads(cfg.training.threads_per_rank)
+    paths = RunPaths.of(cfg)
+    registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
+    stats = json.loads((paths.data / "stats.json").read_text())
+    collator = Collator(Normalizer(stats, registry), registry,
+                        source_ids={n: i for i, n in enumerate(cfg.data.sources)},
+                        horizon=cfg.model.action_expert.horizon, max_action_dim=cfg.model.max_action_dim,
+                        max_proprio_dim=cfg.model.max_proprio_dim)
+    console = Console(stderr=True)
+    summaries = []
+    for index, stage in enumerate(cfg.stages):
+        runner = StageRunner(cfg, stage, index, paths, registry, collator, dist, device, console)
+        summaries.append(runner.run(resume=resume, overwrite=overwrite))
+    return summaries
+
+
+class StageRunner:
+    def __init__(self, cfg, stage: StageConfig, index: int, paths: RunPaths, registry, collator,
+                 dist: DistEnv, device: torch.device, console: Console):
+        self.cfg, self.stage, self.index, self.paths = cfg, stage, index, paths
+        self.registry, self.collator, self.dist, self.device, self.console = registry, collator, dist, device, console
+        self.dir = paths.stage(stage.name)
+        self.ckpt_root = paths.checkpoints(stage.name)
+        self.dtype = torch.bfloat16 if resolve_precision(cfg.training) == "bf16" else None
+
+    def run(self, resume: bool, overwrite: bool) -> dict:
+        final = self.paths.final_weights(self.stage.name)
+        if resume and final.exists():
+            self._say(f"[dim]{self.stage.name}: already complete, skipping[/]")
+            return {"stage": self.stage.name, **stage_summary(self.dir / "metrics.jsonl")}
+        if not resume and not overwrite and self.ckpt_root.exists() and any(self.ckpt_root.iterdir()):
+            raise RunExistsError(f"{self.ckpt_root} already holds checkpoints; pass --resume to continue "
+                                 f"or --overwrite to start the stage again")
+
+        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        model = build_model(self.cfg, self.registry)
+        report = load_initial_weights(model, self.stage, self.cfg, self.paths)
+        engine = build_engine(model, self.stage, self.cfg.training, self.dist.world_size)
+        loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.dist.rank,
+                               self.dist.world_size, self.cfg.training.micro_batch_per_rank,
+                               seed=self.cfg.seed * 1000 + self.index, prefetch=self.cfg.training.prefetch_batches,
+                               accumulation=self.cfg.training.grad_accumulation)
+
+        start = 0
+        latest = checkpoint.latest(self.ckpt_root) if resume else None
+        if latest is not None:
+            trainer_state, loader_state = checkpoint.restore(engine, latest, self.dist.rank)
+            loader.load_state_dict(loader_state)
+            start = trainer_state["step"]
+            self._say(f"{self.stage.name}: resumed from {latest}")
+        else:
+            # a distinct noise stream per rank and stage
+            torch.manual_seed(self.cfg.seed * 7919 + self.dist.rank * 104729 + self.index)
+            if report:
+                self._say(f"{self.stage.name}: {report}")
+
+        self._loop(engine, loader, start)
+        if self.dist.is_main:
+            checkpoint.save_weights(_full_state_dict(engine), final,
+                                    metadata={"stage": self.stage.name, "steps": self.stage.steps})
+        barrier()
+        summary = {"stage": self.stage.name, **stage_summary(self.dir / "metrics.jsonl")}
+        del engine, model, loader
+        gc.collect()
+        return summary
+
+    def _loop(self, engine, loader: MixtureLoader, start: int) -> None:
+        stage, training = self.stage, self.cfg.training
+        accum = training.grad_accumulation
+        metrics = JsonlLog(self.dir / "metrics.jsonl", start) if self.dist.is_main else None
+        trace = JsonlLog(self.dir / f"samples.rank{self.dist.rank}.jsonl", start)
+        samples_per_step = training.micro_batch_per_rank * accum * self.dist.world_size
+        step, micro, window = start, 0, []
+        tic = time.perf_counter()
+        with self._progress(start) as progress:
+            for batch, weights in loader:
+                out = engine(batch.to(self.device, self.dtype), stage.objective, stage.loss_weights)
+                engine.backward(out["loss"])
+                engine.step()
+                window.append({k: float(v) for k, v in out.items()})
+                trace.write({"step": step + 1, "micro": micro, "keys": batch.keys})
+                micro += 1
+                if micro % accum:
+                    continue
+                step += 1
+                values = mean_across_ranks({k: sum(w[k] for w in window) / len(window) for k in window[0]},
+                                           self.device)
+                window = []
+                toc = time.perf_counter()
+                row = {"step": step, **values, "lr": engine.get_lr()[0],
+                       "samples_per_s": samples_per_step / (toc - tic), "mixture": weights}
+                tic = toc
+                if metrics is not None:
+                    metrics.write(row)
+                    progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
+                if step % training.checkpoint_every == 0 or step == stage.steps:
+                    checkpoint.save(engine, self.ckpt_root, step, loader.state_dict(),
+                                    {"stage": stage.name, "loader_step": loader.step,
+                                     "mixture": weights, "skipped": loader.state_dict().get("skipped", {})},
+                                    self.dist.rank)
+                if step >= stage.steps:
+                    break
+        trace.close()
+        if metrics is not None:
+            metrics.close()
+
+    def _progress(self, start: int) -> Progress:
+        progress = Progress(TextColumn(f"[bold]{self.stage.name}[/]"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                            console=self.console, disable=not self.dist.is_main)
+        progress.add_task(self.stage.name, total=self.stage.steps, completed=start, loss=float("nan"))
+        return progress
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main:
+            self.console.print(text)
+
+
+def _full_state_dict(engine) -> dict[str, torch.Tensor]:
+    if engine.zero_optimization_partition_weights():  # ZeRO-3 shards parameters: gather them
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
+
+
+def main_from_file(config_path: Path, resume: bool, overwrite: bool) -> None:
+    """Entry point of each rank process (see launchers/local.py)."""
+    from wamforge.config import load_config
+
+    train(load_config(config_path), resume=resume, overwrite=overwrite)
