@@ -83,8 +83,9 @@ def cmd_run(cfg: ExperimentConfig, args) -> int:
     export(cfg)
     report = _evaluate(cfg, paths.export)
     stages = [{"stage": s.name, **stage_summary(paths.stage(s.name) / "metrics.jsonl")} for s in cfg.stages]
-    summary = {"stages": stages, "eval": report.get("controllers", {}),
-               "latency_ms": report.get("latency_ms", {}), "wall_seconds": round(time.time() - started, 1)}
+    policy = report["controllers"].get("policy", {})
+    summary = {"stages": stages, "eval": report["controllers"], "latency_ms": policy.get("latency_ms", {}),
+               "peak_memory_mb": policy.get("peak_memory_mb", {}), "wall_seconds": round(time.time() - started, 1)}
     (paths.root / "summary.json").write_text(json.dumps(summary, indent=1))
     _print_summary(summary)
     return 0

@@ -90,6 +90,10 @@ class WorldActionModel(nn.Module):
         # with no real entries this is an exact 0 that still reaches every expert weight (DeepSpeed needs that)
         return squared.sum() / mask.sum().clamp(min=1)
 
+    def forward(self, batch: Batch, objective: str, loss_weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Training engines call the module: its forward is the loss."""
+        return self.loss(batch, objective, loss_weights)
+
     def loss(self, batch: Batch, objective: str, loss_weights: dict[str, float]) -> dict[str, torch.Tensor]:
         """objective: "video" (video flow loss), "joint" (video + action, independent timesteps) or
         "action" (future video is pure noise, trunk run only to the tap, action loss only)."""
@@ -127,9 +131,10 @@ class WorldActionModel(nn.Module):
                        action_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Current frame [B, 1, V, 3, H, W] -> normalized action chunk [B, H, A_max].
 
-        action_mask [B, A_max] marks the embodiment's real action dims, as in training (default:
-        all). The trunk runs once, to the tap, on the clean frame plus pure-noise future frames;
-        the expert then integrates its flow from t = 1 to 0 over the cached features.
+        The trunk runs once, to the tap, on the clean frame plus pure-noise future frames; the
+        expert then integrates its flow from t = 1 to 0 over the cached features. action_mask
+        [B, A_max] (the embodiment's real dims) only zeroes the padded outputs: the bank's rows
+        for padded dims are zero, so without it those outputs are leftover noise to slice off.
         """
         current = self.encode_video(video)
         batch, channels, _, height, width = current.shape

@@ -118,7 +118,7 @@ class StageRunner:
                 out = engine(batch.to(self.device, self.dtype), stage.objective, stage.loss_weights)
                 engine.backward(out["loss"])
                 engine.step()
-                window.append({k: float(v) for k, v in out.items()})
+                window.append({k: float(v.detach()) for k, v in out.items()})
                 trace.write({"step": step + 1, "micro": micro, "keys": batch.keys})
                 micro += 1
                 if micro % accum:
@@ -136,7 +136,7 @@ class StageRunner:
                     progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
                 if step % training.checkpoint_every == 0 or step == stage.steps:
                     checkpoint.save(engine, self.ckpt_root, step, loader.state_dict(),
-                                    {"stage": stage.name, "loader_step": loader.step,
+                                    {"stage": stage.name, "config": self.cfg.model_dump(mode="json"),
                                      "mixture": weights, "skipped": loader.state_dict().get("skipped", {})},
                                     self.dist.rank)
                 if step >= stage.steps:

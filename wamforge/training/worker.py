@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from wamforge.training.trainer import main_from_file
@@ -13,6 +14,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     main_from_file(args.config, resume=args.resume, overwrite=args.overwrite)
 
 

@@ -60,7 +60,9 @@ class ShardStream:
             self.on_error(shard, err)
             return False  # stop this shard; the stream moves on to the next
 
-        samples = wds.WebDataset(str(shard), shardshuffle=False, handler=handler, empty_check=False)
+        # this stream does its own rank split, so webdataset's node and worker splitters stay out
+        samples = wds.WebDataset(str(shard), shardshuffle=False, handler=handler, empty_check=False,
+                                 nodesplitter=_everything, workersplitter=_everything)
         return itertools.islice(samples, first, None, stride)
 
     def state_dict(self) -> dict:
@@ -68,3 +70,7 @@ class ShardStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.state = StreamState(**state)
+
+
+def _everything(urls):
+    return urls

@@ -1,7 +1,9 @@
 """Per-embodiment action/proprio projections stored as one weight bank indexed by embodiment id.
 
 A new robot adds a row to each bank rather than new modules. Action and proprio vectors are
-zero-padded to A_max / P_max; masks zero the padding so it never reaches the projections.
+zero-padded to A_max / P_max and masks zero the padding. All projections start at zero, so the
+rows of dims an embodiment never uses get no gradient and stay exactly zero: padding cannot leak
+in or out even when an inference caller passes no mask.
 """
 from __future__ import annotations
 
@@ -12,12 +14,11 @@ from torch import nn
 class EmbodimentBank(nn.Module):
     def __init__(self, num_embodiments: int, max_action_dim: int, max_proprio_dim: int, dim: int):
         super().__init__()
-        self.action_in = nn.Parameter(torch.randn(num_embodiments, max_action_dim, dim) / max_action_dim**0.5)
+        self.action_in = nn.Parameter(torch.zeros(num_embodiments, max_action_dim, dim))
         self.action_in_bias = nn.Parameter(torch.zeros(num_embodiments, dim))
-        # zero output rows: the untrained expert predicts v = 0, and padded dims stay exactly 0
-        self.action_out = nn.Parameter(torch.zeros(num_embodiments, dim, max_action_dim))
+        self.action_out = nn.Parameter(torch.randn(num_embodiments, dim, max_action_dim) / dim**0.5)
         self.action_out_bias = nn.Parameter(torch.zeros(num_embodiments, max_action_dim))
-        self.proprio_in = nn.Parameter(torch.randn(num_embodiments, max_proprio_dim, dim) / max_proprio_dim**0.5)
+        self.proprio_in = nn.Parameter(torch.zeros(num_embodiments, max_proprio_dim, dim))
         self.proprio_in_bias = nn.Parameter(torch.zeros(num_embodiments, dim))
 
     def embed_actions(self, actions: torch.Tensor, mask: torch.Tensor, embodiment_id: torch.Tensor) -> torch.Tensor:

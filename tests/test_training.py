@@ -1,0 +1,138 @@
+"""Real 2-rank DeepSpeed training over gloo, launched through the CLI, then export, policy and eval."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_config, write_config
+from wamforge.config import validate
+from wamforge.config.paths import RunPaths
+from wamforge.training.metrics import read_jsonl
+
+
+def wamforge(*args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wamforge.cli", *map(str, args)], **kwargs)
+
+
+def run_config(root: Path, built_cfg) -> tuple[Path, object]:
+    raw = tiny_config(root)
+    raw["data"]["out_dir"] = str(RunPaths.of(built_cfg).data)  # reuse the session's built shards
+    raw["data"]["sources"]["web"]["path"] = built_cfg.data.sources["web"].path
+    return write_config(raw, root / "tiny.yaml"), validate(raw)
+
+
+@pytest.fixture(scope="session")
+def trained(built, tmp_path_factory):
+    cfg_built, _ = built
+    root = tmp_path_factory.mktemp("trained")
+    path, cfg = run_config(root, cfg_built)
+    proc = wamforge("train", path)
+    assert proc.wait(timeout=600) == 0
+    return path, cfg
+
+
+def test_two_rank_training_runs_every_stage(trained):
+    _, cfg = trained
+    paths = RunPaths.of(cfg)
+    for stage in cfg.stages:
+        rows = read_jsonl(paths.stage(stage.name) / "metrics.jsonl")
+        assert [r["step"] for r in rows] == list(range(1, stage.steps + 1))
+        assert all(np.isfinite(r["loss"]) for r in rows)
+        assert paths.final_weights(stage.name).exists()
+        assert (paths.checkpoints(stage.name) / "latest").read_text() == f"step-{stage.steps}"
+        # both ranks consumed batches, and never the same sample at the same step
+        traces = [read_jsonl(paths.stage(stage.name) / f"samples.rank{r}.jsonl") for r in range(2)]
+        for a, b in zip(*traces):
+            assert a["step"] == b["step"] and not set(a["keys"]) & set(b["keys"])
+    video_rows = read_jsonl(paths.stage("pretrain_video") / "metrics.jsonl")
+    assert all(r["action_loss"] == 0 for r in video_rows)
+
+
+def test_stage_handoff_and_frozen_trunk(trained):
+    _, cfg = trained
+    paths = RunPaths.of(cfg)
+    align = load_file(str(paths.final_weights("align_embodiment")))
+    final = load_file(str(paths.final_weights("finetune_action")))
+    trunk = [k for k in final if k.startswith("trunk.")]
+    expert = [k for k in final if k.startswith("action_expert.")]
+    assert trunk and expert
+    assert all(torch.equal(final[k], align[k]) for k in trunk)  # frozen in finetune_action
+    assert any(not torch.equal(final[k], align[k]) for k in expert)  # trained in finetune_action
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
+    _, reference = trained
+    path, cfg = run_config(tmp_path, built[0])
+    paths = RunPaths.of(cfg)
+    proc = wamforge("train", path, start_new_session=True)
+    latest = paths.checkpoints("align_embodiment") / "latest"
+    deadline = time.time() + 300
+    while not latest.exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-stage
+    proc.wait()
+    assert not paths.final_weights("align_embodiment").exists()
+
+    assert wamforge("train", path).wait(timeout=600) != 0  # refuses to silently restart
+    assert wamforge("train", path, "--resume").wait(timeout=600) == 0
+
+    ref = RunPaths.of(reference)
+    for stage in cfg.stages:
+        for rank in range(2):
+            resumed = read_jsonl(paths.stage(stage.name) / f"samples.rank{rank}.jsonl")
+            expected = read_jsonl(ref.stage(stage.name) / f"samples.rank{rank}.jsonl")
+            assert [r["keys"] for r in resumed] == [r["keys"] for r in expected]
+    a = load_file(str(paths.final_weights("finetune_action")))
+    b = load_file(str(ref.final_weights("finetune_action")))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_export_load_policy_act_in_raw_units(trained, tmp_path):
+    from wamforge import load_policy
+    from wamforge.training.export import export
+
+    _, cfg = trained
+    out = export(cfg, out=tmp_path / "export")
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "stats.json",
+                                               "embodiments.json", "README.md"}
+    obs = {"image": np.full((64, 48, 3), 120, np.uint8), "proprio": np.array([0.0, 0.6, 0.2, 1.0], np.float32)}
+    chunk = load_policy(out).act(obs, "reach the goal")
+    assert chunk.shape == (cfg.model.action_expert.horizon, 4) and chunk.dtype == np.float32
+    assert np.all(chunk >= -1) and np.all(chunk <= 1)  # sawyer bounds, raw units
+
+    # units: shifting the exported action mean moves dx by exactly that much in raw units
+    stats = json.loads((out / "stats.json").read_text())
+    stats["sawyer"]["actions"]["mean"][0] -= 0.25
+    (out / "stats.json").write_text(json.dumps(stats))
+    shifted = load_policy(out).act(obs, "reach the goal")
+    unclipped = np.abs(chunk[:, 0]) < 1
+    assert unclipped.any()
+    np.testing.assert_allclose(shifted[unclipped, 0], np.maximum(chunk[unclipped, 0] - 0.25, -1), atol=1e-4)
+    np.testing.assert_allclose(shifted[:, 1:], chunk[:, 1:], atol=1e-5)
+
+
+def test_eval_runs_an_episode_with_bounds(trained, tmp_path):
+    from wamforge import load_policy
+    from wamforge.training.evaluate import evaluate
+    from wamforge.training.export import export
+
+    _, cfg = trained
+    out = export(cfg, out=tmp_path / "export")
+    report = evaluate(load_policy(out), cfg.eval, resolution=tuple(cfg.data.resolution), camera="corner",
+                      out_dir=tmp_path / "eval")
+    assert set(report["controllers"]) == {"policy", "expert", "random"}
+    policy = report["controllers"]["policy"]
+    assert policy["latency_ms"]["calls"] >= 1 and policy["latency_ms"]["p95"] >= policy["latency_ms"]["p50"] > 0
+    assert (tmp_path / "eval" / "report.png").stat().st_size > 0
