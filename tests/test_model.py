@@ -85,6 +85,13 @@ def test_vae_is_causal_in_time():
     assert torch.equal(a[:, :, :2], b[:, :, :2]) and not torch.equal(a[:, :, 2], b[:, :, 2])
 
 
+def test_views_are_tiled_along_width():
+    model = WorldActionModel(tiny_config(), num_embodiments=2, clip_frames=CLIP, resolution=RES, views=2)
+    video = torch.rand(1, CLIP, 2, 3, *RES)
+    tiled = torch.cat([video[:, :, 0], video[:, :, 1]], dim=-1)
+    assert torch.equal(model.encode_video(video), model.vae.encode(tiled))
+
+
 def test_attention_matches_reference_and_respects_padding():
     q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
@@ -242,6 +249,26 @@ def test_sample_actions_and_tap_fast_path():
         pred, full = model.trunk(latents, timestep, *text, tap_layer=1)
         none, fast = model.trunk(latents, timestep, *text, tap_layer=1, stop_at_tap=True)
     assert pred is not None and none is None and torch.equal(full, fast)
+
+
+def test_trained_action_dims_mask_inference_without_an_explicit_mask():
+    model, batch = tiny_model(), make_batch()
+    model.eval()
+    model.loss(batch, "action", {})  # eval-mode losses record nothing
+    assert not model.embodiments.action_dims.any()
+    model.train()
+    model.loss(batch, "action", {})
+    expected = torch.tensor([True] * 4 + [False] * (A_MAX - 4))
+    assert torch.equal(model.embodiments.action_dims, expected.expand(2, A_MAX))
+
+    restored = tiny_model(seed=1)
+    restored.load_state_dict(model.state_dict())  # the record travels with the weights
+    restored.eval()
+    args = (batch.video[:, :1], batch.proprio, batch.proprio_mask, batch.embodiment_id, batch.text)
+    implicit = restored.sample_actions(*args, steps=2, generator=torch.Generator().manual_seed(0))
+    explicit = restored.sample_actions(*args, steps=2, generator=torch.Generator().manual_seed(0),
+                                       action_mask=batch.action_mask[:, 0])
+    assert torch.equal(implicit, explicit) and (implicit[:, :, 4:] == 0).all()
 
 
 def test_runs_with_weights_cast_to_bf16():

@@ -81,7 +81,10 @@ class WorldActionModel(nn.Module):
 
     def _action_loss(self, batch: Batch, features: torch.Tensor) -> torch.Tensor:
         x0 = batch.actions.float()
-        mask = (batch.action_mask & batch.has_actions[:, None, None]).float()
+        real = batch.action_mask & batch.has_actions[:, None, None]
+        if self.training:
+            self.embodiments.record_action_dims(real, batch.embodiment_id)
+        mask = real.float()
         t = torch.rand(len(x0), device=x0.device)[:, None, None]  # independent of the video's t
         noise = torch.randn_like(x0)
         velocity = self._action_velocity((1 - t) * x0 + t * noise, mask, t[:, 0, 0], features,
@@ -133,8 +136,7 @@ class WorldActionModel(nn.Module):
 
         The trunk runs once, to the tap, on the clean frame plus pure-noise future frames; the
         expert then integrates its flow from t = 1 to 0 over the cached features. action_mask
-        [B, A_max] (the embodiment's real dims) only zeroes the padded outputs: the bank's rows
-        for padded dims are zero, so without it those outputs are leftover noise to slice off.
+        [B, A_max] marks the embodiment's real dims; by default, the dims seen in training.
         """
         current = self.encode_video(video)
         batch, channels, _, height, width = current.shape
@@ -145,7 +147,9 @@ class WorldActionModel(nn.Module):
                                       tap_layer=self.tap_layer, stop_at_tap=True)
 
         max_action_dim = self.embodiments.action_out.shape[-1]
-        mask = ones[:, None, None] if action_mask is None else action_mask[:, None, :].float()
+        if action_mask is None:
+            action_mask = self.embodiments.action_mask(embodiment_id)
+        mask = action_mask[:, None, :].float()
         actions = torch.randn((batch, self.horizon, max_action_dim), generator=generator, device=current.device)
         for step in range(steps):
             t = ones * (1 - step / steps)

@@ -52,6 +52,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     for index, stage in enumerate(cfg.stages):
         runner = StageRunner(cfg, stage, index, paths, registry, collator, dist, device, console)
         summaries.append(runner.run(resume=resume, overwrite=overwrite))
+    torch.distributed.destroy_process_group()  # leave no communicator threads behind at exit
     return summaries
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -71,9 +72,9 @@ def _run_on_ray(jobs: list[dict], workers: int, address: str | None) -> list[dic
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  logging_level="warning", configure_logging=True)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = sys.stdout.isatty()  # logs are not the place for redrawn bars
     ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs], override_num_blocks=len(jobs))
-    rows = ds.map(write_shard, num_cpus=1, concurrency=workers).take_all()
+    rows = ds.map(write_shard, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers)).take_all()
     return sorted((json.loads(r["summary"]) for r in rows), key=lambda s: s["path"])
 
 

@@ -102,6 +102,7 @@ class MixtureLoader:
                 yield batch, weights
         finally:
             stop.set()
+            self._thread.join(timeout=30)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
