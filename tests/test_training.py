@@ -58,6 +58,14 @@ def test_two_rank_training_runs_every_stage(trained):
     assert all(r["action_loss"] == 0 for r in video_rows)
 
 
+def test_loss_curves_are_plotted(trained, tmp_path):
+    from wamforge.training.plots import plot_training
+
+    _, cfg = trained
+    out = plot_training(cfg, tmp_path / "training.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_stage_handoff_and_frozen_trunk(trained):
     _, cfg = trained
     paths = RunPaths.of(cfg)

@@ -48,7 +48,11 @@ def cmd_train(cfg: ExperimentConfig, args) -> int:
     if code:
         console.print(f"[red]training failed[/] (a rank exited with code {code}); "
                       f"resume with: wamforge train {args.config} --resume")
-    return code
+        return code
+    from wamforge.training.plots import plot_training
+
+    console.print(f"[green]trained[/]; loss curves in {plot_training(cfg)}")
+    return 0
 
 
 def cmd_export(cfg: ExperimentConfig, args) -> int:
@@ -80,6 +84,9 @@ def cmd_run(cfg: ExperimentConfig, args) -> int:
     if code:
         console.print(f"[red]training failed[/] (exit {code}); rerun the same command to resume")
         return code
+    from wamforge.training.plots import plot_training
+
+    plot_training(cfg)
     export(cfg)
     report = _evaluate(cfg, paths.export)
     stages = [{"stage": s.name, **stage_summary(paths.stage(s.name) / "metrics.jsonl")} for s in cfg.stages]

@@ -1,6 +1,6 @@
 """Driver side of a build: plan shards, run them as a Ray Data pipeline, write the dataset card.
 
-Outputs (DESIGN.md): `<out>/shards/<source>-NNNNN.tar`, `manifest.json`, `stats.json`,
+Outputs: `<out>/shards/<source>-NNNNN.tar`, `manifest.json`, `stats.json`,
 `quarantine.jsonl`. A build whose config hash matches the manifest on disk is not redone.
 """
 from __future__ import annotations
