@@ -31,7 +31,7 @@ TINY = {
     "stages": [
         {"name": "pretrain_video", "objective": "video", "steps": 4, "lr": 1e-3,
          "mixture": {"weights": {"web": 1.0, "sim": 1.0}}},
-        {"name": "align_embodiment", "objective": "joint", "steps": 4, "lr": 1e-3,
+        {"name": "align_embodiment", "objective": "joint", "steps": 8, "lr": 1e-3,
          "mixture": {"weights": {"web": 1.0, "sim": 1.0}}},
         {"name": "finetune_action", "objective": "action", "steps": 6, "lr": 1e-3,
          "trainable": ["action_expert.*", "embodiments.*"], "mixture": {"weights": {"sim": 1.0}}},

@@ -88,7 +88,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
     while not latest.exists():
         assert proc.poll() is None, "training ended before it could be interrupted"
         assert time.time() < deadline
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-stage
     proc.wait()
     assert not paths.final_weights("align_embodiment").exists()
