@@ -12,12 +12,12 @@ from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 
 
-def make_loader(cfg, stage, rank=0, world=1, batch=4, prefetch=2):
+def make_loader(cfg, stage, rank=0, world=1, batch=4, workers=0):
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     stats = json.loads((RunPaths.of(cfg).data / "stats.json").read_text())
     collator = Collator(Normalizer(stats, registry), registry, {"sim": 0, "web": 1}, horizon=4,
                         max_action_dim=8, max_proprio_dim=8)
-    return MixtureLoader(RunPaths.of(cfg).data, stage, collator, rank, world, batch, seed=7, prefetch=prefetch)
+    return MixtureLoader(RunPaths.of(cfg).data, stage, collator, rank, world, batch, seed=7, workers=workers)
 
 
 def take(loader, n):
@@ -73,21 +73,34 @@ def test_action_free_samples_are_masked(built):
     assert batch.actions[sim][..., 3].abs().max() <= 1.0
 
 
-def test_ranks_read_disjoint_samples(built):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ranks_and_workers_read_disjoint_samples(built, workers):
     cfg, _ = built
-    keys = [set(k for b in take(make_loader(cfg, stage({"sim": 1.0}), rank=r, world=2), 5) for k in b.keys)
-            for r in range(2)]
-    assert keys[0] and keys[1] and not keys[0] & keys[1]
+    keys = [[k for b in take(make_loader(cfg, stage({"sim": 1.0}), rank=r, world=2, workers=workers), 6)
+             for k in b.keys] for r in range(2)]
+    for rank_keys in keys:  # within an epoch (48 sim windows) no sample comes twice
+        assert len(set(rank_keys)) == len(rank_keys)
+    assert not set(keys[0]) & set(keys[1])
 
 
-def test_resume_continues_the_exact_sample_sequence(built):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_the_exact_sample_sequence(built, workers):
     cfg, _ = built
     st = stage({"sim": 1.0, "web": 1.0})
-    whole = [b.keys for b in take(make_loader(cfg, st), 30)]
-    first = make_loader(cfg, st)
+    whole = [b.keys for b in take(make_loader(cfg, st, workers=workers), 30)]
+    first = make_loader(cfg, st, workers=workers)
     part = [b.keys for b in take(first, 11)]
     state = json.loads(json.dumps(first.state_dict()))  # through JSON, as in a checkpoint
-    second = make_loader(cfg, st)
+    second = make_loader(cfg, st, workers=workers)
     second.load_state_dict(state)
     rest = [b.keys for b in take(second, 19)]
     assert part + rest == whole
+
+
+def test_resume_refuses_a_different_worker_count(built):
+    cfg, _ = built
+    st = stage({"sim": 1.0})
+    first = make_loader(cfg, st, workers=2)
+    take(first, 3)
+    with pytest.raises(ValueError, match="loader_workers=2"):
+        make_loader(cfg, st, workers=1).load_state_dict(first.state_dict())

@@ -164,7 +164,8 @@ class TrainingConfig(Strict):
     grad_clip: float = 1.0
     checkpoint_every: int = Field(20, ge=1)
     log_every: int = Field(5, ge=1)
-    prefetch_batches: int = Field(2, ge=0)
+    loader_workers: int = Field(1, ge=0)  # decode processes per rank; 0 decodes in the trainer
+    prefetch_batches: int = Field(2, ge=1)  # per loader worker
     threads_per_rank: int = Field(1, ge=1)
 
 

@@ -80,7 +80,8 @@ class StageRunner:
         engine = build_engine(model, self.stage, self.cfg.training, self.dist.world_size)
         loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.dist.rank,
                                self.dist.world_size, self.cfg.training.micro_batch_per_rank,
-                               seed=self.cfg.seed * 1000 + self.index, prefetch=self.cfg.training.prefetch_batches,
+                               seed=self.cfg.seed * 1000 + self.index, workers=self.cfg.training.loader_workers,
+                               prefetch=self.cfg.training.prefetch_batches,
                                accumulation=self.cfg.training.grad_accumulation)
 
         start = 0
@@ -136,9 +137,10 @@ class StageRunner:
                     metrics.write(row)
                     progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
                 if step % training.checkpoint_every == 0 or step == stage.steps:
-                    checkpoint.save(engine, self.ckpt_root, step, loader.state_dict(),
+                    loader_state = loader.state_dict()
+                    checkpoint.save(engine, self.ckpt_root, step, loader_state,
                                     {"stage": stage.name, "config": self.cfg.model_dump(mode="json"),
-                                     "mixture": weights, "skipped": loader.state_dict().get("skipped", {})},
+                                     "mixture": weights, "skipped": loader_state["skipped"]},
                                     self.dist.rank)
                 if step >= stage.steps:
                     break

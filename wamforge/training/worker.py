@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import warnings
 from pathlib import Path
 
-from wamforge.training.trainer import main_from_file
+from wamforge.training.trainer import RunExistsError, main_from_file
 
 
 def main() -> None:
@@ -15,7 +17,12 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    main_from_file(args.config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        main_from_file(args.config, resume=args.resume, overwrite=args.overwrite)
+    except (RunExistsError, FileNotFoundError, ValueError) as err:  # bad input: one sentence, no traceback
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

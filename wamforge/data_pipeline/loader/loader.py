@@ -1,16 +1,21 @@
 """The training loader: per-source shard streams mixed by the stage's weights at each global step.
 
-Batches are produced ahead on a background thread (decode releases the GIL), each carrying the
-loader state *after* it, so `state_dict()` always describes exactly the batches the trainer has
-consumed and a resumed run continues with the very next sample.
+Work is split into W DataLoader worker processes per rank, which the DataLoader asks in turn.
+Steps are dealt to W lanes (lane = step mod W); a lane owns its slice of every source (consumer
+rank * W + lane of world * W), and the worker asked i-th after a (re)start serves lane
+(start + i) mod W, so batches come back in step order. Each batch carries its lane's stream state
+after it, so `state_dict()` describes exactly the batches the trainer consumed and a resumed run
+continues with the very next sample of every lane.
 """
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections import Counter
+from itertools import count
 from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wamforge.config.schema import StageConfig
 from wamforge.data_pipeline.loader.collate import Collator
@@ -23,104 +28,93 @@ MAX_CONSECUTIVE_FAILURES = 16
 
 class MixtureLoader:
     def __init__(self, data_dir: Path, stage: StageConfig, collator: Collator, rank: int, world: int,
-                 batch_size: int, seed: int, prefetch: int = 2, accumulation: int = 1):
+                 batch_size: int, seed: int, workers: int = 1, prefetch: int = 2, accumulation: int = 1):
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-        self.stage, self.collator, self.rank, self.batch_size = stage, collator, rank, batch_size
-        self.seed, self.prefetch, self.accumulation = seed, prefetch, accumulation
-        self.step = 0
-        self.skipped: Counter = Counter()
-        self.realized: Counter = Counter()
-        names = set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum))
-        self.streams = {}
-        for name in sorted(names):
-            shards = [Path(data_dir) / s for s in manifest["sources"][name]["shards"]]
-            if not shards:
+        names = sorted(set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum)))
+        self.shards = {}
+        for name in names:
+            self.shards[name] = [Path(data_dir) / s for s in manifest["sources"][name]["shards"]]
+            if not self.shards[name]:
                 raise ValueError(f"stage '{stage.name}' mixes source '{name}', which has no built samples; "
                                  f"see {Path(data_dir) / 'quarantine.jsonl'}")
-            self.streams[name] = ShardStream(shards, rank, world, seed=seed + _stable_hash(name),
-                                             on_error=self._shard_error)
-        self._iters = {}
-        self._thread = None
-
-    # ------------------------------------------------------------------ production
-    def _next_item(self, name: str) -> dict:
-        failures = 0
-        while True:
-            raw = next(self._iters[name])
-            try:
-                return self.collator.decode(raw)
-            except (VideoDecodeError, ValueError, KeyError) as err:
-                self.skipped[f"{name}: {type(err).__name__}"] += 1
-                failures += 1
-                if failures >= MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeError(f"source '{name}' failed {failures} samples in a row "
-                                       f"(last: {err}); its shards look broken") from None
-
-    def _make_batch(self, step: int):
-        weights = weights_at(self.stage.mixture, step // self.accumulation)  # curricula run on optimizer steps
-        names = draw_sources(weights, self.batch_size, self.seed, step, self.rank)
-        items = [self._next_item(n) for n in names]
-        self.realized.update(names)
-        state = {"step": step + 1, "streams": {n: s.state_dict() for n, s in self.streams.items()},
-                 "realized": dict(self.realized), "skipped": dict(self.skipped)}
-        return self.collator.collate(items), state, weights
-
-    def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
-        step = self.step
-        try:
-            while not stop.is_set():
-                item = self._make_batch(step)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                step += 1
-        except BaseException as err:  # surface producer errors in the trainer's thread
-            out.put(err)
+        self.stage, self.collator, self.rank, self.world = stage, collator, rank, world
+        self.batch_size, self.seed, self.accumulation = batch_size, seed, accumulation
+        self.workers, self.prefetch = workers, prefetch
+        self.step = 0
+        self.lane_states: dict[int, dict] = {}
 
     def __iter__(self):
-        self._iters = {n: iter(s) for n, s in self.streams.items()}
-        if self.prefetch == 0:
-            while True:
-                batch, state, weights = self._make_batch(self.step)
-                self.step = state["step"]
-                yield batch, weights
-        buffer: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(buffer, stop), daemon=True)
-        self._thread.start()
-        try:
-            while True:
-                item = buffer.get()
-                if isinstance(item, BaseException):
-                    raise item
-                batch, state, weights = item
-                self._consumed = state
-                self.step = state["step"]
-                yield batch, weights
-        finally:
-            stop.set()
-            self._thread.join(timeout=30)
+        # its own generator: seeding workers must not draw from the trainer's RNG, or a resumed
+        # run's noise would drift from an uninterrupted one
+        loader = DataLoader(_StepStream(self), batch_size=None, num_workers=self.workers,
+                            prefetch_factor=self.prefetch if self.workers else None,
+                            generator=torch.Generator().manual_seed(self.seed))
+        for batch, weights, lane, state in loader:
+            self.lane_states[lane] = state
+            self.step += 1
+            yield batch, weights
 
-    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        if getattr(self, "_consumed", None) is not None:
-            return self._consumed
-        return {"step": self.step, "streams": {n: s.state_dict() for n, s in self.streams.items()},
-                "realized": dict(self.realized), "skipped": dict(self.skipped)}
+        totals = {"realized": Counter(), "skipped": Counter()}
+        for state in self.lane_states.values():
+            for key in totals:
+                totals[key].update(state[key])
+        return {"step": self.step, "lanes": {str(lane): s for lane, s in self.lane_states.items()},
+                "num_workers": max(1, self.workers), **{k: dict(v) for k, v in totals.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        if state["num_workers"] != max(1, self.workers):
+            raise ValueError(f"the checkpoint's loader ran {state['num_workers']} workers per rank; resume with "
+                             f"training.loader_workers={state['num_workers']} to continue its exact sample order")
         self.step = state["step"]
-        for name, s in state["streams"].items():
-            if name in self.streams:
-                self.streams[name].load_state_dict(s)
-        self.realized, self.skipped = Counter(state.get("realized", {})), Counter(state.get("skipped", {}))
-        self._consumed = None
+        self.lane_states = {int(lane): s for lane, s in state["lanes"].items()}
 
-    def _shard_error(self, shard: Path, err: Exception) -> None:
-        self.skipped[f"shard {shard.name}: {type(err).__name__}"] += 1
+
+class _StepStream(IterableDataset):
+    """What one worker (or the main process when workers == 0) produces."""
+
+    def __init__(self, loader: MixtureLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        loader = self.loader
+        lane = (loader.step + worker) % workers
+        consumer, consumers = loader.rank * workers + lane, loader.world * workers
+        state = loader.lane_states.get(lane, {"streams": {}, "realized": {}, "skipped": {}})
+        realized, skipped = Counter(state["realized"]), Counter(state["skipped"])
+
+        def shard_error(shard: Path, err: Exception) -> None:
+            skipped[f"shard {shard.name}: {type(err).__name__}"] += 1
+
+        streams = {}
+        for name, shards in loader.shards.items():
+            streams[name] = ShardStream(shards, consumer, consumers, seed=loader.seed + _stable_hash(name),
+                                        on_error=shard_error)
+            if name in state["streams"]:
+                streams[name].load_state_dict(state["streams"][name])
+        iterators = {name: iter(stream) for name, stream in streams.items()}
+
+        def next_item(name: str) -> dict:
+            for failures in count(1):
+                try:
+                    return loader.collator.decode(next(iterators[name]))
+                except (VideoDecodeError, ValueError, KeyError) as err:
+                    skipped[f"{name}: {type(err).__name__}"] += 1
+                    if failures >= MAX_CONSECUTIVE_FAILURES:
+                        raise RuntimeError(f"source '{name}' failed {failures} samples in a row "
+                                           f"(last: {err}); its shards look broken") from None
+
+        for step in count(loader.step + worker, workers):
+            # curricula run on optimizer steps; draws depend on (seed, step, rank) only
+            weights = weights_at(loader.stage.mixture, step // loader.accumulation)
+            names = draw_sources(weights, loader.batch_size, loader.seed, step, loader.rank)
+            batch = loader.collator.collate([next_item(n) for n in names])
+            realized.update(names)
+            state = {"streams": {n: s.state_dict() for n, s in streams.items()},
+                     "realized": dict(realized), "skipped": dict(skipped)}
+            yield batch, weights, lane, state
 
 
 def _stable_hash(name: str) -> int:

@@ -1,9 +1,10 @@
-"""One source's shards as an endless, resumable stream of raw samples for one rank.
+"""One source's shards as an endless, resumable stream of raw samples for one consumer
+(a loader worker of one rank; there are world * workers consumers in all).
 
-Each epoch shuffles the shard list with (seed, epoch), identically on every rank. With at least
-as many shards as ranks, rank r reads shards r, r+W, ...; otherwise every rank reads every shard
-and keeps samples r, r+W, ... . Either way ranks see disjoint samples, and the state
-(epoch, shard position, sample offset) restarts the stream exactly where it stopped.
+Each epoch shuffles the shard list with (seed, epoch), identically for every consumer. With at
+least as many shards as consumers, consumer c of N reads shards c, c+N, ...; otherwise every
+consumer reads every shard and keeps samples c, c+N, ... . Either way consumers see disjoint
+samples, and the state (epoch, shard position, sample offset) restarts the stream exactly.
 """
 from __future__ import annotations
 
@@ -23,18 +24,18 @@ class StreamState:
 
 
 class ShardStream:
-    def __init__(self, shards: list[Path], rank: int, world: int, seed: int, on_error=None):
+    def __init__(self, shards: list[Path], consumer: int, consumers: int, seed: int, on_error=None):
         if not shards:
             raise ValueError("a source with no shards cannot be streamed")
-        self.shards, self.rank, self.world, self.seed = list(shards), rank, world, seed
-        self.by_shard = len(self.shards) >= world
+        self.shards, self.consumer, self.consumers, self.seed = list(shards), consumer, consumers, seed
+        self.by_shard = len(self.shards) >= consumers
         self.state = StreamState()
         self.on_error = on_error or (lambda shard, err: None)
 
     def _epoch_shards(self, epoch: int) -> list[Path]:
         order = list(self.shards)
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order[self.rank::self.world] if self.by_shard else order
+        return order[self.consumer::self.consumers] if self.by_shard else order
 
     def __iter__(self):
         empty_epochs = 0
@@ -50,11 +51,11 @@ class ShardStream:
             self.state = StreamState(epoch=self.state.epoch + 1)
             empty_epochs = 0 if produced else empty_epochs + 1
             if empty_epochs >= 2:
-                raise RuntimeError(f"rank {self.rank} found no readable samples in {len(self.shards)} shards")
+                raise RuntimeError(f"loader consumer {self.consumer} found no readable samples in {len(self.shards)} shards")
 
     def _read(self, shard: Path):
-        stride = 1 if self.by_shard else self.world
-        first = 0 if self.by_shard else self.rank
+        stride = 1 if self.by_shard else self.consumers
+        first = 0 if self.by_shard else self.consumer
 
         def handler(err):
             self.on_error(shard, err)
