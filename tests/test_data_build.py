@@ -79,3 +79,27 @@ def test_short_episode_is_quarantined_with_reason(tmp_path):
     assert manifest["samples"] == 0 and manifest["quarantined"] == 2
     reasons = (RunPaths.of(validate(raw)).data / "quarantine.jsonl").read_text()
     assert "fewer than clip_frames=9" in reasons
+
+
+def test_sample_keys_cannot_escape_the_shard():
+    from wamforge.data_pipeline.schema import sample_key
+
+    key = sample_key("../../etc", "/abs/ep.1", 3)
+    assert key == "etc/abs_ep_1/000003"
+    assert ".." not in key and not key.startswith("/")
+
+
+def test_episode_validation_names_what_is_wrong():
+    import pytest
+
+    from wamforge.data_pipeline.schema import Episode
+
+    frames = np.zeros((10, 1, 8, 8, 3), np.uint8)
+    actions = np.zeros((10, 4), np.float32)
+    actions[3, 1] = np.nan
+    with pytest.raises(ValueError, match="actions contain NaN"):
+        Episode("s", "e", "sim", "sawyer", frames, 10.0, ["cam"], actions=actions).validate()
+    with pytest.raises(ValueError, match=r"proprio must be \[N, D\] with N = 10"):
+        Episode("s", "e", "sim", "sawyer", frames, 10.0, ["cam"], proprio=np.zeros((9, 4), np.float32)).validate()
+    with pytest.raises(ValueError, match="1 views but the episode names 2"):
+        Episode("s", "e", "sim", "sawyer", frames, 10.0, ["a", "b"]).validate()
