@@ -48,6 +48,13 @@ def test_set_overrides_nested_and_list_values(tmp_path):
     assert cfg.training.world_size == 1 and cfg.stages[2].steps == 9 and cfg.eval.tasks == ["a", "b"]
 
 
+def test_unimplemented_design_point_is_rejected(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["model"]["coupling"] = "joint_generation"
+    with pytest.raises(ConfigError, match="coupling 'joint_generation' has no model yet"):
+        validate(raw)
+
+
 def test_cli_reports_one_sentence_and_exit_code_2(tmp_path, capsys):
     raw = tiny_config(tmp_path)
     raw["modle"] = {}

@@ -50,7 +50,7 @@ class DataConfig(Strict):
     clip_stride: int = Field(4, ge=1)
     resolution: tuple[int, int] = (64, 64)
     fps: float = Field(10.0, gt=0)
-    shard_samples: int = Field(64, ge=1)
+    episodes_per_shard: int = Field(4, ge=1)  # one shard per group: the unit of parallel build work
     build_workers: int = Field(2, ge=1)
     sources: dict[str, SourceConfig]
 
@@ -101,6 +101,11 @@ class ActionExpertConfig(Strict):
     horizon: int = 8  # action chunk length H
 
 
+# the points of the 4-tuple that model_zoo and evaluation can run today
+IMPLEMENTED = {"substrate": ("pixel.latent",), "coupling": ("post_prediction_head",), "backbone": ("diffusion",),
+               "regime": ("chunked",)}
+
+
 class ModelConfig(Strict):
     # the survey's 4-tuple (eq. 37)
     substrate: Literal["pixel.latent", "pixel.decoded", "feature.tap", "feature.teacher",
@@ -115,6 +120,14 @@ class ModelConfig(Strict):
     max_action_dim: int = 8
     max_proprio_dim: int = 8
     flow_shift: float = 1.0
+
+    @model_validator(mode="after")
+    def _implemented(self):
+        for axis, value in (("substrate", self.substrate), ("coupling", self.coupling),
+                            ("backbone", self.backbone), ("regime", self.regime)):
+            if value not in IMPLEMENTED[axis]:
+                raise ValueError(f"{axis} '{value}' has no model yet; available: {', '.join(IMPLEMENTED[axis])}")
+        return self
 
 
 # ----------------------------------------------------------------------------- stages
@@ -163,7 +176,6 @@ class TrainingConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     grad_clip: float = 1.0
     checkpoint_every: int = Field(20, ge=1)
-    log_every: int = Field(5, ge=1)
     loader_workers: int = Field(1, ge=0)  # decode processes per rank; 0 decodes in the trainer
     prefetch_batches: int = Field(2, ge=1)  # per loader worker
     threads_per_rank: int = Field(1, ge=1)
@@ -181,7 +193,7 @@ class EvalConfig(Strict):
 
 
 class LaunchConfig(Strict):
-    target: Literal["local", "slurm", "ray"] = "local"
+    target: Literal["local"] = "local"  # N ranks on this machine, CPU (gloo) or one per GPU (NCCL)
 
 
 class ExperimentConfig(Strict):

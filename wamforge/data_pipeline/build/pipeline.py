@@ -21,9 +21,6 @@ from wamforge.data_pipeline.schema import SCHEMA_VERSION
 from wamforge.data_pipeline.sources import make_source
 from wamforge.data_pipeline.stats import merge_partials
 
-EPISODES_PER_SHARD = 4
-
-
 def build_dataset(cfg: ExperimentConfig, ray_address: str | None = None, force: bool = False,
                   console: Console | None = None) -> dict:
     console = console or Console()
@@ -56,11 +53,12 @@ def _plan(cfg: ExperimentConfig, shard_dir: Path) -> tuple[list[dict], dict]:
         provenance[name] = {"format": source_cfg.format, "kind": source_cfg.kind,
                             "embodiment": source_cfg.embodiment, "description": source_cfg.description,
                             "episodes_listed": len(specs)}
-        for i in range(0, len(specs), EPISODES_PER_SHARD):
+        per_shard = cfg.data.episodes_per_shard
+        for i in range(0, len(specs), per_shard):
             jobs.append({"source": name, "source_cfg": source_cfg.model_dump(mode="json"),
                          "data": cfg.data.model_dump(mode="json"),
-                         "path": str(shard_dir / f"{name}-{i // EPISODES_PER_SHARD:05d}.tar"),
-                         "specs": specs[i:i + EPISODES_PER_SHARD]})
+                         "path": str(shard_dir / f"{name}-{i // per_shard:05d}.tar"),
+                         "specs": specs[i:i + per_shard]})
     return jobs, provenance
 
 
