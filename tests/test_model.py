@@ -1,5 +1,4 @@
 import sys
-import time
 
 import pytest
 import torch
@@ -215,7 +214,7 @@ def test_overfits_one_batch_with_joint_objective():
         with torch.no_grad():
             return sum(model.loss(batch, "joint", {})["loss"].item() for _ in range(8)) / 8
 
-    before, start = evaluate(), time.perf_counter()
+    before = evaluate()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(300):
         loss = model.loss(batch, "joint", {})["loss"]
@@ -224,7 +223,6 @@ def test_overfits_one_batch_with_joint_objective():
         optimizer.step()
     after = evaluate()
     assert after < 0.4 * before, (before, after)
-    assert time.perf_counter() - start < 30
 
 
 def test_sample_actions_and_tap_fast_path():

@@ -87,7 +87,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
     deadline = time.time() + 300
     while not latest.exists():
         assert proc.poll() is None, "training ended before it could be interrupted"
-        assert time.time() < deadline
+        if time.time() > deadline:  # a hang guard, not a speed check
+            pytest.fail("no align_embodiment checkpoint appeared within 300 s")
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-stage
     proc.wait()
