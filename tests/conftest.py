@@ -65,12 +65,3 @@ def built(tmp_path_factory):
     cfg = validate(tiny_config(root))
     manifest = build_dataset(cfg)
     return cfg, manifest
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

@@ -66,13 +66,18 @@ def _run_on_ray(jobs: list[dict], workers: int, address: str | None) -> list[dic
     import ray
 
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()
+    if started_here:
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  logging_level="warning", configure_logging=True)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stdout.isatty()  # logs are not the place for redrawn bars
-    ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs], override_num_blocks=len(jobs))
-    rows = ds.map(write_shard, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers)).take_all()
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = sys.stdout.isatty()  # logs are not the place for redrawn bars
+        ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs], override_num_blocks=len(jobs))
+        rows = ds.map(write_shard, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers)).take_all()
+    finally:
+        if started_here:  # a local cluster started for this build leaves the cores to training
+            ray.shutdown()
     return sorted((json.loads(r["summary"]) for r in rows), key=lambda s: s["path"])
 
 
