@@ -95,6 +95,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
     assert not paths.final_weights("align_embodiment").exists()
 
     assert wamforge("train", path).wait(timeout=600) != 0  # refuses to silently restart
+    other_world = wamforge("train", path, "--resume", "--set", "training.world_size=1",
+                           stderr=subprocess.PIPE, text=True)
+    _, err = other_world.communicate(timeout=600)
+    assert other_world.returncode != 0 and "resume with training.world_size=2" in err
+    assert "Traceback" not in err
     assert wamforge("train", path, "--resume").wait(timeout=600) == 0
 
     ref = RunPaths.of(reference)

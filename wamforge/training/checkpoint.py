@@ -37,8 +37,12 @@ def latest(root: Path) -> Path | None:
     return step_dir if (step_dir / "trainer_state.json").exists() else None
 
 
-def restore(engine, step_dir: Path, rank: int) -> tuple[dict, dict]:
+def restore(engine, step_dir: Path, rank: int, world_size: int) -> tuple[dict, dict]:
     """Load weights/optimizer/scheduler, RNG; return (trainer_state, this rank's loader state)."""
+    trainer_state = json.loads((step_dir / "trainer_state.json").read_text())
+    if trainer_state["world_size"] != world_size:
+        raise ValueError(f"{step_dir} was written by {trainer_state['world_size']} ranks; resume with "
+                         f"training.world_size={trainer_state['world_size']} to keep its exact sample order")
     load_path, _ = engine.load_checkpoint(str(step_dir.parent), tag=step_dir.name,
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
@@ -47,11 +51,7 @@ def restore(engine, step_dir: Path, rank: int) -> tuple[dict, dict]:
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available() and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"])
-    loader_file = step_dir / f"loader.rank{rank}.json"
-    if not loader_file.exists():
-        raise RuntimeError(f"{step_dir} has no loader state for rank {rank}; "
-                           "resume with the world size the checkpoint was written with")
-    return json.loads((step_dir / "trainer_state.json").read_text()), json.loads(loader_file.read_text())
+    return trainer_state, json.loads((step_dir / f"loader.rank{rank}.json").read_text())
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:

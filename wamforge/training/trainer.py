@@ -87,7 +87,8 @@ class StageRunner:
         start = 0
         latest = checkpoint.latest(self.ckpt_root) if resume else None
         if latest is not None:
-            trainer_state, loader_state = checkpoint.restore(engine, latest, self.dist.rank)
+            trainer_state, loader_state = checkpoint.restore(engine, latest, self.dist.rank,
+                                                             self.dist.world_size)
             loader.load_state_dict(loader_state)
             start = trainer_state["step"]
             self._say(f"{self.stage.name}: resumed from {latest}")
@@ -139,7 +140,8 @@ class StageRunner:
                 if step % training.checkpoint_every == 0 or step == stage.steps:
                     loader_state = loader.state_dict()
                     checkpoint.save(engine, self.ckpt_root, step, loader_state,
-                                    {"stage": stage.name, "config": self.cfg.model_dump(mode="json"),
+                                    {"stage": stage.name, "world_size": self.dist.world_size,
+                                     "config": self.cfg.model_dump(mode="json"),
                                      "mixture": weights, "skipped": loader_state["skipped"]},
                                     self.dist.rank)
                 if step >= stage.steps:
