@@ -150,3 +150,16 @@ def test_eval_runs_an_episode_with_bounds(trained, tmp_path):
     policy = report["controllers"]["policy"]
     assert policy["latency_ms"]["calls"] >= 1 and policy["latency_ms"]["p95"] >= policy["latency_ms"]["p50"] > 0
     assert (tmp_path / "eval" / "report.png").stat().st_size > 0
+
+
+def test_cli_export_and_eval(trained):
+    from wamforge.cli import main
+
+    path, cfg = trained
+    paths = RunPaths.of(cfg)
+    assert main(["export", str(path)]) == 0
+    assert main(["eval", str(path)]) == 0
+    report = json.loads((paths.eval / "report.json").read_text())
+    assert report["tasks"] == ["reach-v3"] and report["execute_steps"] == 4
+    card = (paths.export / "README.md").read_text()
+    assert "post_prediction_head" in card and "finetune_action" in card
