@@ -5,6 +5,10 @@ blocks.N.attn1.to_q, blocks.N.ffn.net.0.proj, scale_shift_table, proj_out, ...) 
 weights can be mapped onto it one to one. Timesteps use Wan's scale, [0, 1000], and may be given
 per token ([B, L], as in Wan2.2 TI2V) or per sample ([B]).
 
+With text_mask=None the output matches diffusers to fp32 rounding (tests/test_wan_parity.py).
+Deliberate deviations: a text_mask keeps padded text tokens out of cross-attention (Wan and
+diffusers attend to the padding), and qk_norm=False drops the q/k norms (diffusers always has them).
+
 Modulation, norms and the time embedding run in fp32 even when the rest of the model runs in
 bf16, as in Wan: the weights are upcast on the fly, so this holds under autocast and under a
 model cast wholesale to bf16 (e.g. by DeepSpeed).
@@ -55,8 +59,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).type_as(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)
 
 
 class TimestepEmbedding(nn.Module):
@@ -118,8 +122,8 @@ class WanRotaryPosEmbed(nn.Module):
             shape = [1, 1, 1, band // 2]
             shape[axis] = size
             angles.append(axis_angles.view(shape).expand(*grid, band // 2))
-        angles = torch.cat(angles, dim=-1).flatten(0, 2).float()
-        return angles.cos(), angles.sin()
+        angles = torch.cat(angles, dim=-1).flatten(0, 2)
+        return angles.cos().float(), angles.sin().float()  # cos/sin in fp64 as in Wan and diffusers
 
 
 def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -246,6 +250,7 @@ class WanDiT(nn.Module):
 
         rotary = self.rope(*grid, latents.device)
         x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        x = x.contiguous()  # the transposed view would make every block's matmuls copy or stride
         if timestep.ndim == 1:
             timestep = timestep[:, None]  # one timestep broadcast over all tokens
         temb, timestep_proj, context = self.condition_embedder(timestep, text_emb)

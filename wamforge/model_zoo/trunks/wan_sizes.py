@@ -1,0 +1,34 @@
+"""Named WanDiT sizes: the released Wan2.1 / Wan2.2 transformers, plus a tiny one for tests.
+
+All of them use 256 sinusoidal timestep features (wan_dit.FREQ_DIM), patch (1, 2, 2), qk RMSNorm
+across heads and an affine norm before cross-attention. Build big ones on the meta device
+(`with torch.device("meta"): size.build()`) to inspect them without allocating.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wamforge.model_zoo.trunks.wan_dit import WanDiT
+
+
+@dataclass(frozen=True)
+class WanSize:
+    dim: int
+    ffn_dim: int
+    layers: int
+    heads: int
+    in_channels: int = 16  # latent channels of the VAE the size was trained with
+    text_dim: int = 4096  # umT5-XXL
+    patch: tuple[int, int, int] = (1, 2, 2)
+
+    def build(self) -> WanDiT:
+        return WanDiT(self.in_channels, self.dim, self.layers, self.heads, self.ffn_dim,
+                      text_dim=self.text_dim, patch=self.patch)
+
+
+WAN_SIZES: dict[str, WanSize] = {
+    "tiny": WanSize(dim=64, ffn_dim=128, layers=2, heads=2, text_dim=32),
+    "wan2.1-1.3b": WanSize(dim=1536, ffn_dim=8960, layers=30, heads=12),
+    "wan2.1-14b": WanSize(dim=5120, ffn_dim=13824, layers=40, heads=40),
+    "wan2.2-ti2v-5b": WanSize(dim=3072, ffn_dim=14336, layers=30, heads=24, in_channels=48),  # Wan2.2 VAE
+}
