@@ -278,3 +278,22 @@ def test_runs_with_weights_cast_to_bf16():
     actions = model.sample_actions(batch.video[:, :1], batch.proprio, batch.proprio_mask,
                                    batch.embodiment_id, batch.text, steps=2)
     assert actions.shape == (2, HORIZON, A_MAX) and actions.dtype == torch.float32
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model, batch = tiny_model(), make_batch(seed=2)
+    calls = []
+    model.trunk.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    grads, block_calls = [], []
+    for checkpointing in (False, True):
+        model.trunk.gradient_checkpointing = checkpointing
+        model.zero_grad()
+        calls.clear()
+        torch.manual_seed(5)
+        model.loss(batch, "joint", {})["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        block_calls.append(len(calls))
+    assert block_calls == [1, 2]  # checkpointed blocks run again in backward
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6)

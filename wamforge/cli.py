@@ -1,4 +1,4 @@
-"""`wamforge` entry point: data build, train, export, eval, and run (all of them in order)."""
+"""`wamforge` entry point: data build, train, export, eval, run (all of them in order) and plan."""
 from __future__ import annotations
 
 import argparse
@@ -98,7 +98,60 @@ def cmd_run(cfg: ExperimentConfig, args) -> int:
     return 0
 
 
+def cmd_plan(cfg: ExperimentConfig, args) -> int:
+    """Size the trunk for a world size, resolution and frame count before submitting."""
+    from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES, WanSize
+    from wamforge.training.plan import plan
+
+    m = cfg.model
+    if args.size:
+        if args.size not in WAN_SIZES:
+            raise ValueError(f"unknown trunk size '{args.size}'; known: {', '.join(WAN_SIZES)}")
+        shape, text_tokens = WAN_SIZES[args.size], 512  # umT5 captions, as Wan was trained
+    else:
+        s = m.vae.spatial
+        shape = WanSize(m.trunk.dim, m.trunk.ffn_dim, m.trunk.layers, m.trunk.heads, in_channels=3 * s * s,
+                        text_dim=m.text.dim, patch=m.trunk.patch, vae_stride=(m.vae.temporal, s, s))
+        text_tokens = m.text.max_tokens
+    height, width = (int(v) for v in args.resolution.lower().split("x")) if args.resolution else cfg.data.resolution
+    result = plan(shape, args.frames or cfg.data.clip_frames, (height, width),
+                  args.world_size or cfg.training.world_size, text_tokens=text_tokens,
+                  micro_batch=cfg.training.micro_batch_per_rank)
+    if args.json:
+        console.print_json(json.dumps(result.as_dict()))
+        return 0
+    table = Table(title=f"plan: {args.size or cfg.name + ' trunk'}, {args.frames or cfg.data.clip_frames} frames "
+                        f"at {height}x{width}, {args.world_size or cfg.training.world_size} ranks, "
+                        f"micro-batch {cfg.training.micro_batch_per_rank}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [("parameters", _scaled(result.params, 1000, ["", " K", " M", " B"])),
+            ("tokens per sample", f"{result.tokens:,}"),
+            ("forward FLOPs per micro-batch", _scaled(result.flops_forward, 1000, [" ", " K", " M", " G", " T", " P"])),
+            ("train FLOPs per micro-batch", _scaled(result.flops_train_step, 1000, [" ", " K", " M", " G", " T", " P"])),
+            ("activations per rank", _bytes(result.activation_bytes)),
+            ("activations, checkpointed", _bytes(result.activation_bytes_checkpointed))]
+    rows += [(f"model states per rank, {k.replace('zero', 'ZeRO-')}", _bytes(v))
+             for k, v in result.model_state_bytes.items()]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    return 0
+
+
 # ----------------------------------------------------------------------------- helpers
+
+def _scaled(value: float, base: int, units: list[str]) -> str:
+    for unit in units[:-1]:
+        if abs(value) < base:
+            return f"{value:,.1f}{unit}"
+        value /= base
+    return f"{value:,.1f}{units[-1]}"
+
+
+def _bytes(value: float) -> str:
+    return _scaled(value, 1024, [" B", " KiB", " MiB", " GiB", " TiB"])
+
 
 def save_resolved(cfg: ExperimentConfig) -> Path:
     """The fully resolved config, saved in the run directory; the rank processes read this copy."""
@@ -167,6 +220,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("eval", cmd_eval, "closed-loop evaluation of an exported policy")
     p.add_argument("--policy", default=None, help="export directory (default: runs/<name>/export)")
+
+    p = command("plan", cmd_plan, "parameters, FLOPs and memory per GPU before submitting")
+    p.add_argument("--size", default=None, help="a named trunk size instead of the config's, e.g. wan2.1-14b")
+    p.add_argument("--world-size", type=int, default=None)
+    p.add_argument("--frames", type=int, default=None, help="video frames per sample (1 + 4k)")
+    p.add_argument("--resolution", default=None, help="HEIGHTxWIDTH in pixels, e.g. 480x832")
+    p.add_argument("--json", action="store_true")
 
     p = command("run", cmd_run, "build, train, export and evaluate in one go")
     p.add_argument("--ray-address", default=None)

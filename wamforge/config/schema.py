@@ -73,6 +73,7 @@ class TrunkConfig(Strict):
     patch: tuple[int, int, int] = (1, 2, 2)
     tap_layer: int = 2  # the action expert reads features after this block
     qk_norm: bool = True
+    activation_checkpointing: bool = False  # recompute blocks in backward to save activation memory
 
     @model_validator(mode="after")
     def _shapes(self):

@@ -44,6 +44,7 @@ class WorldActionModel(nn.Module):
         self.text_encoder = ByteTextEncoder(cfg.text.dim, cfg.text.max_tokens)
         self.trunk = WanDiT(self.vae.latent_channels, trunk.dim, trunk.layers, trunk.heads, trunk.ffn_dim,
                             text_dim=cfg.text.dim, patch=trunk.patch, qk_norm=trunk.qk_norm)
+        self.trunk.gradient_checkpointing = trunk.activation_checkpointing
         self.action_expert = ActionExpert(cfg.action_expert, context_dim=trunk.dim)
         self.embodiments = EmbodimentBank(num_embodiments, cfg.max_action_dim, cfg.max_proprio_dim,
                                           cfg.action_expert.dim)

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from wamforge.model_zoo.attention import attention
 
@@ -219,6 +220,7 @@ class WanDiT(nn.Module):
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, in_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.gradient_checkpointing = False  # recompute each block in backward: activations of one block
         self._init_weights()
 
     def _init_weights(self):
@@ -257,7 +259,10 @@ class WanDiT(nn.Module):
 
         tapped = None
         for index, block in enumerate(self.blocks, start=1):
-            x = block(x, context, timestep_proj, rotary, text_mask)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, context, timestep_proj, rotary, text_mask, use_reentrant=False)
+            else:
+                x = block(x, context, timestep_proj, rotary, text_mask)
             if index == tap_layer:
                 tapped = x
                 if stop_at_tap:

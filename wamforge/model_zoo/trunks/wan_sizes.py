@@ -20,6 +20,7 @@ class WanSize:
     in_channels: int = 16  # latent channels of the VAE the size was trained with
     text_dim: int = 4096  # umT5-XXL
     patch: tuple[int, int, int] = (1, 2, 2)
+    vae_stride: tuple[int, int, int] = (4, 8, 8)  # (frames, height, width) pixels per latent cell
 
     def build(self) -> WanDiT:
         return WanDiT(self.in_channels, self.dim, self.layers, self.heads, self.ffn_dim,
@@ -30,5 +31,6 @@ WAN_SIZES: dict[str, WanSize] = {
     "tiny": WanSize(dim=64, ffn_dim=128, layers=2, heads=2, text_dim=32),
     "wan2.1-1.3b": WanSize(dim=1536, ffn_dim=8960, layers=30, heads=12),
     "wan2.1-14b": WanSize(dim=5120, ffn_dim=13824, layers=40, heads=40),
-    "wan2.2-ti2v-5b": WanSize(dim=3072, ffn_dim=14336, layers=30, heads=24, in_channels=48),  # Wan2.2 VAE
+    "wan2.2-ti2v-5b": WanSize(dim=3072, ffn_dim=14336, layers=30, heads=24, in_channels=48,
+                              vae_stride=(4, 16, 16)),  # the Wan2.2 VAE
 }
