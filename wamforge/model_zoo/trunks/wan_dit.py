@@ -149,13 +149,13 @@ class WanAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rotary=None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(context)), self.to_v(context)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        out = attention(q, k, v, key_padding_mask=context_mask)
+        out = attention(q, k, v, key_padding_mask=context_mask, attn_mask=attn_mask)
         return self.to_out[0](out.transpose(1, 2).flatten(2))
 
 
@@ -192,13 +192,14 @@ class WanTransformerBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, timestep_proj: torch.Tensor,
-                rotary=None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                rotary=None, context_mask: torch.Tensor | None = None,
+                self_attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, L, dim]; timestep_proj [B, L or 1, 6, dim] (per token or broadcast over tokens)."""
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table.float() + timestep_proj.float()).unbind(dim=2)
 
         h = (self.norm1(x) * (1 + scale_msa) + shift_msa).type_as(x)
-        x = (x.float() + self.attn1(h, rotary=rotary).float() * gate_msa).type_as(x)
+        x = (x.float() + self.attn1(h, rotary=rotary, attn_mask=self_attn_mask).float() * gate_msa).type_as(x)
 
         x = x + self.attn2(self.norm2(x).type_as(x), context, context_mask=context_mask)
 
@@ -237,12 +238,14 @@ class WanDiT(nn.Module):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
                 text_mask: torch.Tensor | None = None, tap_layer: int | None = None,
-                stop_at_tap: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                stop_at_tap: bool = False, self_attn_mask: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """latents [B, C, F, H, W]; timestep [B] or [B, L_tokens] in [0, 1000].
 
         Returns (velocity prediction [B, C, F, H, W], hidden states after block `tap_layer`
         [B, L_tokens, dim]). With stop_at_tap the later blocks and the head are skipped and the
-        prediction is None.
+        prediction is None. self_attn_mask (bool [L, L], True = may attend) restricts self-attention,
+        e.g. `attention.blockwise_causal_mask([tokens_per_frame] * frames)` for a causal backbone.
         """
         if stop_at_tap and tap_layer is None:
             raise ValueError("stop_at_tap needs a tap_layer")
@@ -260,9 +263,10 @@ class WanDiT(nn.Module):
         tapped = None
         for index, block in enumerate(self.blocks, start=1):
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, context, timestep_proj, rotary, text_mask, use_reentrant=False)
+                x = checkpoint(block, x, context, timestep_proj, rotary, text_mask, self_attn_mask,
+                               use_reentrant=False)
             else:
-                x = block(x, context, timestep_proj, rotary, text_mask)
+                x = block(x, context, timestep_proj, rotary, text_mask, self_attn_mask)
             if index == tap_layer:
                 tapped = x
                 if stop_at_tap:
