@@ -1,3 +1,4 @@
 from wamforge.model_zoo.vae.patchify import PatchifyVAE
+from wamforge.model_zoo.vae.wan_vae import WanVAE
 
-__all__ = ["PatchifyVAE"]
+__all__ = ["PatchifyVAE", "WanVAE"]
