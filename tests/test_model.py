@@ -297,3 +297,24 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_t5_text_encoder_with_cache(tmp_path):
+    from tests.test_text_encoders import build_checkpoint
+
+    checkpoint = build_checkpoint(tmp_path / "t5", "t5")
+    cfg = tiny_config()
+    cfg.text = TextConfig(encoder="t5", dim=32, max_tokens=16, path=str(checkpoint), cache_dir=str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = WorldActionModel(cfg, num_embodiments=2, clip_frames=CLIP, resolution=RES)
+    assert not any(k.startswith(("text_encoder", "frozen")) for k in model.state_dict())
+    batch = make_batch()
+    model.loss(batch, "joint", {})["loss"].backward()
+    cached = sorted((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(cached) == len(set(batch.text))
+    model.loss(batch, "joint", {})  # the same captions again: served from the cache
+    assert sorted((tmp_path / "cache").rglob("*.safetensors")) == cached
+
+    cfg.text = TextConfig(encoder="t5", dim=64, max_tokens=16, path=str(checkpoint))
+    with pytest.raises(ValueError, match="d_model 32"):
+        WorldActionModel(cfg, num_embodiments=2, clip_frames=CLIP, resolution=RES)

@@ -91,8 +91,18 @@ class VAEConfig(Strict):
 
 
 class TextConfig(Strict):
-    dim: int = 64
+    # byte: a tiny encoder trained with the model; t5: a frozen local T5/umT5 checkpoint (safetensors)
+    encoder: Literal["byte", "t5"] = "byte"
+    dim: int = 64  # t5: must equal the checkpoint's d_model (4096 for Wan's umT5-XXL)
     max_tokens: int = 32
+    path: str | None = None  # t5: checkpoint directory
+    cache_dir: str | None = None  # t5: caption embeddings cached here, so captions are encoded once
+
+    @model_validator(mode="after")
+    def _t5_needs_a_checkpoint(self):
+        if self.encoder == "t5" and not self.path:
+            raise ValueError("text.encoder 't5' needs text.path, a local checkpoint directory")
+        return self
 
 
 class ActionExpertConfig(Strict):

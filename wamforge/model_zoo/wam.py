@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wamforge.config.schema import ModelConfig
+from wamforge.config.schema import ModelConfig, TextConfig
 from wamforge.data_pipeline.schema import Batch
 from wamforge.model_zoo.heads import ActionExpert, EmbodimentBank
 from wamforge.model_zoo.text_encoder import ByteTextEncoder
@@ -21,6 +21,16 @@ from wamforge.model_zoo.vae import PatchifyVAE
 NUM_TRAIN_TIMESTEPS = 1000  # the DiT and the expert take t * 1000, Wan's timestep scale
 PURE_NOISE_PROB = 0.25  # joint objective: share of samples whose future video is pure noise
 OBJECTIVES = ("video", "joint", "action")
+
+
+def frozen_text_encoder(cfg: TextConfig) -> nn.Module:
+    from wamforge.model_zoo.t5_encoder import T5TextEncoder
+    from wamforge.model_zoo.text_cache import CachedTextEncoder
+
+    encoder = T5TextEncoder(cfg.path, cfg.max_tokens)
+    if encoder.dim != cfg.dim:
+        raise ValueError(f"text.dim is {cfg.dim} but the checkpoint in {cfg.path} has d_model {encoder.dim}")
+    return CachedTextEncoder(encoder, cfg.cache_dir) if cfg.cache_dir else encoder
 
 
 class WorldActionModel(nn.Module):
@@ -41,7 +51,11 @@ class WorldActionModel(nn.Module):
 
         self.vae = PatchifyVAE(cfg.vae.spatial, cfg.vae.temporal)
         self.latent_frames = self.vae.latent_frames(clip_frames)
-        self.text_encoder = ByteTextEncoder(cfg.text.dim, cfg.text.max_tokens)
+        if cfg.text.encoder == "t5":
+            # frozen and outside the module tree: never trained, sharded, cast or checkpointed
+            self.__dict__["frozen_text_encoder"] = frozen_text_encoder(cfg.text)
+        else:
+            self.text_encoder = ByteTextEncoder(cfg.text.dim, cfg.text.max_tokens)
         self.trunk = WanDiT(self.vae.latent_channels, trunk.dim, trunk.layers, trunk.heads, trunk.ffn_dim,
                             text_dim=cfg.text.dim, patch=trunk.patch, qk_norm=trunk.qk_norm)
         self.trunk.gradient_checkpointing = trunk.activation_checkpointing
@@ -71,8 +85,17 @@ class WorldActionModel(nn.Module):
         frame_t[:, 0] = 0.0
         tokens_per_frame = (height // self.trunk.patch_size[1]) * (width // self.trunk.patch_size[2])
         timestep = frame_t.repeat_interleave(tokens_per_frame, dim=1) * NUM_TRAIN_TIMESTEPS
-        text_emb, text_mask = self.text_encoder(text)
+        text_emb, text_mask = self.encode_text(text, latents.device)
         return self.trunk(latents, timestep, text_emb, text_mask, tap_layer=tap_layer, stop_at_tap=stop_at_tap)
+
+    def encode_text(self, text: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        frozen = self.__dict__.get("frozen_text_encoder")
+        if frozen is None:
+            return self.text_encoder(text)
+        if next(frozen.parameters()).device != device:
+            frozen.to(device)
+        embeddings, mask = frozen(text)
+        return embeddings.to(device, self.trunk.patch_embedding.weight.dtype), mask.to(device)
 
     def _action_velocity(self, noisy_actions, action_mask, t, features, proprio, proprio_mask, embodiment_id):
         tokens = self.embodiments.embed_actions(noisy_actions, action_mask, embodiment_id)
