@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from wamforge.cli import main
@@ -22,11 +23,12 @@ def test_forward_flops_match_torch_flop_counter():
     torch.manual_seed(0)
     trunk = shape.build()
     latents = torch.randn(1, 16, 3, resolution[0] // 8, resolution[1] // 8)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    # the math backend spells attention as matmuls, which the counter sees; fused kernels it may not
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         trunk(latents, torch.tensor([500.0]), torch.randn(1, text_tokens, 32))
     measured = counter.get_total_flops()
     assert estimate.tokens == 3 * 4 * 6
-    assert estimate.flops_forward == pytest.approx(measured, rel=0.1)
+    assert estimate.flops_forward == pytest.approx(measured, rel=0.08)
     assert estimate.flops_train_step == 3 * estimate.flops_forward
 
 
@@ -45,3 +47,14 @@ def test_cli_plan_prints_json(capsys):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 1_418_996_800 and set(out["model_state_bytes"]) == {"zero0", "zero1", "zero2", "zero3"}
+
+
+def test_image_conditioned_flops_match_torch_flop_counter():
+    shape = WanSize(dim=64, ffn_dim=256, layers=2, heads=2, text_dim=32, image_dim=48)
+    estimate = plan(shape, 9, (64, 96), world_size=1, text_tokens=8)
+    torch.manual_seed(0)
+    trunk = shape.build()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        trunk(torch.randn(1, 16, 3, 8, 12), torch.tensor([500.0]), torch.randn(1, 8, 32),
+              image_emb=torch.randn(1, 257, 48))
+    assert estimate.flops_forward == pytest.approx(counter.get_total_flops(), rel=0.08)

@@ -70,3 +70,81 @@ def test_rope_matches_diffusers_at_full_resolution(head_dim):
     # diffusers stores every angle twice (interleaved); wamforge stores each once
     assert torch.equal(cos[0, :, 0, 0::2], our_cos)
     assert torch.equal(sin[0, :, 0, 0::2], our_sin)
+
+
+def reference_and_ours_i2v(heads=2, head_dim=16, image_dim=24, pos_embed_seq_len=None, text_dim=32, ffn_dim=64,
+                           layers=2, in_channels=20, out_channels=16):
+    torch.manual_seed(0)
+    dim = heads * head_dim
+    reference = transformer_wan.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_channels,
+        out_channels=out_channels, text_dim=text_dim, freq_dim=256, ffn_dim=ffn_dim, num_layers=layers,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=image_dim,
+        added_kv_proj_dim=dim, pos_embed_seq_len=pos_embed_seq_len).eval()
+    with torch.no_grad():  # perturb every parameter, pos_embed (zeros) and the norms (ones) included
+        for param in reference.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    ours = WanDiT(in_channels, dim, layers, heads, ffn_dim, text_dim=text_dim, out_channels=out_channels,
+                  image_dim=image_dim, pos_embed_seq_len=pos_embed_seq_len).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+# diffusers takes the image tokens off the front of the context and assumes 512 text tokens after them
+DIFFUSERS_TEXT_TOKENS = 512
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_i2v_matches_diffusers(per_token):
+    reference, ours = reference_and_ours_i2v()
+    batch, frames, height, width = 2, 3, 6, 10
+    latents = torch.randn(batch, 20, frames, height, width)
+    tokens = frames * (height // 2) * (width // 2)
+    timestep = torch.rand(batch, tokens) * 1000 if per_token else torch.rand(batch) * 1000
+    text = torch.randn(batch, DIFFUSERS_TEXT_TOKENS, 32)
+    image = torch.randn(batch, 257, 24)
+    with torch.no_grad():
+        expected = reference(latents, timestep, text, encoder_hidden_states_image=image).sample
+        prediction, _ = ours(latents, timestep, text, image_emb=image)
+        masked, _ = ours(latents, timestep, text, image_emb=image,
+                         text_mask=torch.ones(batch, DIFFUSERS_TEXT_TOKENS, dtype=torch.bool))
+        text_only, _ = ours(latents, timestep, text)
+    assert prediction.shape == expected.shape == (batch, 16, frames, height, width)
+    assert (prediction - expected).abs().max() <= TOLERANCE
+    assert (masked - expected).abs().max() <= TOLERANCE
+    assert (text_only - expected).abs().max() > 1e-3  # the image tokens do matter
+
+
+def test_flf2v_matches_diffusers():
+    reference, ours = reference_and_ours_i2v(pos_embed_seq_len=2 * 257)
+    batch = 2
+    latents = torch.randn(batch, 20, 2, 4, 6)
+    timestep = torch.rand(batch) * 1000
+    text = torch.randn(batch, DIFFUSERS_TEXT_TOKENS, 32)
+    first_last = torch.randn(batch, 2 * 257, 24)  # ours: first- and last-frame tokens concatenated
+    with torch.no_grad():
+        # diffusers takes them as [2B, 257, D] and folds each pair back into one sample
+        expected = reference(latents, timestep, text, encoder_hidden_states_image=first_last.view(2 * batch, 257, 24)).sample
+        prediction, _ = ours(latents, timestep, text, image_emb=first_last)
+    assert (prediction - expected).abs().max() <= TOLERANCE
+    with pytest.raises(ValueError, match="514"):
+        ours(latents, timestep, text, image_emb=first_last[:, :257])
+
+
+def test_i2v_gradient_checkpointing_matches():
+    _, ours = reference_and_ours_i2v(layers=1)
+    latents, text, image = torch.randn(2, 20, 1, 4, 4), torch.randn(2, 5, 32), torch.randn(2, 257, 24)
+    timestep = torch.rand(2) * 1000
+    plain, _ = ours(latents, timestep, text, image_emb=image)
+    plain_grads = torch.autograd.grad(plain.square().sum(), list(ours.parameters()))
+    ours.gradient_checkpointing = True
+    checkpointed, _ = ours(latents, timestep, text, image_emb=image)
+    grads = torch.autograd.grad(checkpointed.square().sum(), list(ours.parameters()))
+    assert torch.equal(plain, checkpointed)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain_grads, grads))
+
+
+def test_image_emb_needs_an_i2v_model():
+    _, ours = reference_and_ours(2, 16)
+    with pytest.raises(ValueError, match="image_dim"):
+        ours(torch.randn(1, 16, 1, 4, 4), torch.rand(1), torch.randn(1, 3, 32), image_emb=torch.randn(1, 257, 24))

@@ -26,6 +26,17 @@ def one_block_model():
     return WanSize(dim=32, ffn_dim=64, layers=1, heads=2, text_dim=24).build()
 
 
+# what the Wan2.1 I2V / FLF2V WanModel adds: MLPProj on the CLIP tokens, image k/v in each cross-attention
+NATIVE_I2V = [*(f"img_emb.proj.{i}.{kind}" for i in (0, 1, 3, 4) for kind in ("weight", "bias")),
+              *(f"blocks.0.cross_attn.{proj}.{kind}" for proj in ("k_img", "v_img") for kind in ("weight", "bias")),
+              "blocks.0.cross_attn.norm_k_img.weight"]
+
+
+def one_block_i2v_model(flf2v=False):
+    return WanSize(dim=32, ffn_dim=64, layers=1, heads=2, text_dim=24, in_channels=20, out_channels=16,
+                   image_dim=40, pos_embed_seq_len=6 if flf2v else None).build()
+
+
 def randomized(model):
     with torch.no_grad():
         for param in model.parameters():
@@ -37,9 +48,16 @@ def test_native_names_are_the_wan_repository_names():
     assert sorted(layout_names(one_block_model(), "native")) == sorted(NATIVE_TOP + NATIVE_BLOCK)
 
 
-def test_native_map_inverts_diffusers_conversion():
+def test_i2v_native_names_are_the_wan_repository_names():
+    assert sorted(layout_names(one_block_i2v_model(), "native")) == sorted(NATIVE_TOP + NATIVE_BLOCK + NATIVE_I2V)
+    assert sorted(layout_names(one_block_i2v_model(flf2v=True), "native")) == sorted(
+        NATIVE_TOP + NATIVE_BLOCK + NATIVE_I2V + ["img_emb.emb_pos"])
+
+
+@pytest.mark.parametrize("build", [one_block_model, one_block_i2v_model])
+def test_native_map_inverts_diffusers_conversion(build):
     single_file_utils = pytest.importorskip("diffusers.loaders.single_file_utils")
-    names = list(one_block_model().state_dict())
+    names = list(build().state_dict())
     converted = single_file_utils.convert_wan_transformer_to_diffusers({native_name(n): n for n in names})
     assert {key: value for key, value in converted.items()} == {n: n for n in names}
 
@@ -78,6 +96,24 @@ def test_round_trip_sharded(tmp_path, layout):
     again = save_wan_weights(model, tmp_path / "again", layout=layout, max_shard_bytes=20_000)
     assert_same_tensors({n: load_file(f)[n] for n, f in checkpoint_files(again).items()},
                         {n: load_file(f)[n] for n, f in checkpoint_files(index).items()})
+
+
+@pytest.mark.parametrize("flf2v", [False, True])
+@pytest.mark.parametrize("layout", ["native", "diffusers"])
+def test_i2v_round_trip(tmp_path, layout, flf2v):
+    source = randomized(one_block_i2v_model(flf2v))
+    written = {native_name(n) if layout == "native" else n: t for n, t in source.state_dict().items()}
+    save_file(written, tmp_path / "checkpoint.safetensors")
+
+    model = one_block_i2v_model(flf2v)
+    report = load_wan_weights(model, tmp_path / "checkpoint.safetensors")
+    assert report.layout == layout and report.complete and len(report.loaded) == len(written)
+    assert_same_tensors(model.state_dict(), source.state_dict())
+    assert_same_tensors(load_file(save_wan_weights(model, tmp_path / "out", layout=layout)), written)
+
+    # and an I2V checkpoint does not load into a text-to-video model
+    with pytest.raises(KeyError, match="unexpected"):
+        load_wan_weights(one_block_model(), tmp_path / "checkpoint.safetensors")
 
 
 def test_comfyui_prefix_is_stripped(tmp_path):
@@ -136,8 +172,10 @@ def test_parameter_count_matches_diffusers(size):
         ours = cfg.build()
         reference = transformer_wan.WanTransformer3DModel(
             patch_size=cfg.patch, num_attention_heads=cfg.heads, attention_head_dim=cfg.dim // cfg.heads,
-            in_channels=cfg.in_channels, out_channels=cfg.in_channels, text_dim=cfg.text_dim, freq_dim=256,
-            ffn_dim=cfg.ffn_dim, num_layers=cfg.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads")
+            in_channels=cfg.in_channels, out_channels=cfg.out_channels or cfg.in_channels, text_dim=cfg.text_dim,
+            freq_dim=256, ffn_dim=cfg.ffn_dim, num_layers=cfg.layers, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", image_dim=cfg.image_dim, pos_embed_seq_len=cfg.pos_embed_seq_len,
+            added_kv_proj_dim=None if cfg.image_dim is None else cfg.dim)
     assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in reference.named_parameters()}
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
 
@@ -145,6 +183,7 @@ def test_parameter_count_matches_diffusers(size):
 def test_released_sizes_have_the_published_parameter_counts():
     with torch.device("meta"):
         counts = {size: sum(p.numel() for p in WAN_SIZES[size].build().parameters()) / 1e9
-                  for size in ("wan2.1-1.3b", "wan2.1-14b", "wan2.2-ti2v-5b")}
+                  for size in ("wan2.1-1.3b", "wan2.1-14b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b")}
     assert 1.3 < counts["wan2.1-1.3b"] < 1.5 and 14 < counts["wan2.1-14b"] < 14.5
+    assert 16.3 < counts["wan2.1-i2v-14b"] < 16.5  # 14B plus image k/v in each of the 40 blocks
     assert 4.9 < counts["wan2.2-ti2v-5b"] < 5.1

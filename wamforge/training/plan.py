@@ -44,13 +44,16 @@ def plan(shape: WanSize, frames: int, resolution: tuple[int, int], world_size: i
     for size, patch in zip(latent, shape.patch):
         tokens *= size // patch
     d, f, lt = shape.dim, shape.ffn_dim, text_tokens
+    li = 0 if shape.image_dim is None else (shape.pos_embed_seq_len or 257)  # CLIP tokens of I2V
     per_block = (2 * tokens * d * d * 4            # self-attention q, k, v, out
                  + 2 * 2 * tokens * tokens * d     # scores and weighted values
                  + 2 * tokens * d * d * 2          # cross-attention q, out
-                 + 2 * lt * d * d * 2              # cross-attention k, v over the text
-                 + 2 * 2 * tokens * lt * d         # cross-attention scores and values
+                 + 2 * (lt + li) * d * d * 2       # cross-attention k, v over text (and image) tokens
+                 + 2 * 2 * tokens * (lt + li) * d  # cross-attention scores and values
                  + 2 * tokens * d * f * 2)         # FFN
     text = 2 * lt * (shape.text_dim * d + d * d)
+    if li:
+        text += 2 * li * (shape.image_dim * shape.image_dim + shape.image_dim * d)  # image embedder MLP
     forward = micro_batch * (shape.layers * per_block + text)
 
     # per block, autograd keeps ~15 tensors of [L, dim] (norms, q/k/v before and after RoPE, attention

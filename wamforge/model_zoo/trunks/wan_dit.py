@@ -9,6 +9,13 @@ With text_mask=None the output matches diffusers to fp32 rounding (tests/test_wa
 Deliberate deviations: a text_mask keeps padded text tokens out of cross-attention (Wan and
 diffusers attend to the padding), and qk_norm=False drops the q/k norms (diffusers always has them).
 
+Image conditioning (Wan2.1 I2V / FLF2V): with image_dim set, CLIP image tokens go through
+`condition_embedder.image_embedder` (LayerNorm -> GELU MLP -> LayerNorm; FLF2V adds a learned
+`pos_embed` over the first- and last-frame tokens) and every cross-attention attends to them with its
+own keys and values (`attn2.add_k_proj`, `attn2.add_v_proj`, `attn2.norm_added_k`), the result added
+to the text attention before `to_out`, as in Wan and diffusers. Image tokens are given separately
+(`image_emb`), so the text need not be padded to 512 tokens, as diffusers' split requires.
+
 Modulation, norms and the time embedding run in fp32 even when the rest of the model runs in
 bf16, as in Wan: the weights are upcast on the fly, so this holds under autocast and under a
 model cast wholesale to bf16 (e.g. by DeepSpeed).
@@ -136,9 +143,14 @@ def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> 
 
 
 class WanAttention(nn.Module):
-    """Self- or cross-attention; q/k RMSNorm spans all heads, as in Wan."""
+    """Self- or cross-attention; q/k RMSNorm spans all heads, as in Wan.
 
-    def __init__(self, dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6):
+    With image_kv=True (I2V cross-attention) the queries also attend, separately and unmasked, to
+    image tokens through add_k_proj / add_v_proj / norm_added_k (Wan's k_img, v_img, norm_k_img);
+    the two attention outputs are summed before to_out.
+    """
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6, image_kv: bool = False):
         super().__init__()
         self.heads = heads
         self.to_q = nn.Linear(dim, dim)
@@ -147,32 +159,43 @@ class WanAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # a list only so names read to_out.0.*
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        if image_kv:  # the image tokens are already projected to dim by the image embedder
+            self.add_k_proj = nn.Linear(dim, dim)
+            self.add_v_proj = nn.Linear(dim, dim)
+            self.norm_added_k = RMSNorm(dim, eps)  # always present, as in Wan and diffusers
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rotary=None,
-                context_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                image_context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(context)), self.to_v(context)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         out = attention(q, k, v, key_padding_mask=context_mask, attn_mask=attn_mask)
+        if image_context is not None:
+            k_img = self.norm_added_k(self.add_k_proj(image_context)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            v_img = self.add_v_proj(image_context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            out = out + attention(q, k_img, v_img)
         return self.to_out[0](out.transpose(1, 2).flatten(2))
 
 
 class GELUProjection(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, approximate: str = "tanh"):
         super().__init__()
         self.proj = nn.Linear(dim, hidden)
+        self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.proj(x), approximate="tanh")
+        return F.gelu(self.proj(x), approximate=self.approximate)
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, approximate: str = "tanh"):
         super().__init__()
         # slot 1 is diffusers' dropout; kept so the weights are named net.0.proj and net.2
-        self.net = nn.Sequential(GELUProjection(dim, hidden), nn.Identity(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(GELUProjection(dim, hidden, approximate), nn.Identity(),
+                                 nn.Linear(hidden, dim if out_dim is None else out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -181,45 +204,81 @@ class FeedForward(nn.Module):
 class WanTransformerBlock(nn.Module):
     """AdaLN self-attention (RoPE) -> LayerNorm cross-attention -> AdaLN FFN."""
 
-    def __init__(self, dim: int, ffn_dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6):
+    def __init__(self, dim: int, ffn_dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6,
+                 image_kv: bool = False):
         super().__init__()
         self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.attn1 = WanAttention(dim, heads, qk_norm, eps)
         self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=True)
-        self.attn2 = WanAttention(dim, heads, qk_norm, eps)
+        self.attn2 = WanAttention(dim, heads, qk_norm, eps, image_kv=image_kv)
         self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = FeedForward(dim, ffn_dim)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, timestep_proj: torch.Tensor,
                 rotary=None, context_mask: torch.Tensor | None = None,
-                self_attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, dim]; timestep_proj [B, L or 1, 6, dim] (per token or broadcast over tokens)."""
+                self_attn_mask: torch.Tensor | None = None,
+                image_context: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, dim]; timestep_proj [B, L or 1, 6, dim] (per token or broadcast over tokens);
+        image_context [B, L_img, dim] (embedded image tokens, I2V blocks only)."""
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table.float() + timestep_proj.float()).unbind(dim=2)
 
         h = (self.norm1(x) * (1 + scale_msa) + shift_msa).type_as(x)
         x = (x.float() + self.attn1(h, rotary=rotary, attn_mask=self_attn_mask).float() * gate_msa).type_as(x)
 
-        x = x + self.attn2(self.norm2(x).type_as(x), context, context_mask=context_mask)
+        x = x + self.attn2(self.norm2(x).type_as(x), context, context_mask=context_mask, image_context=image_context)
 
         h = (self.norm3(x) * (1 + c_scale_msa) + c_shift_msa).type_as(x)
         return (x.float() + self.ffn(h).float() * c_gate_msa).type_as(x)
 
 
+class WanImageEmbedding(nn.Module):
+    """CLIP image tokens [B, L_img, image_dim] -> [B, L_img, dim]: LayerNorm, GELU MLP, LayerNorm
+    (Wan's MLPProj, img_emb.proj.*). With pos_embed_seq_len (FLF2V) a learned position embedding is
+    added first; L_img must then equal it (first- and last-frame tokens concatenated, 2 x 257)."""
+
+    def __init__(self, image_dim: int, dim: int, pos_embed_seq_len: int | None = None):
+        super().__init__()
+        self.norm1 = FP32LayerNorm(image_dim)  # eps 1e-5, affine: torch's default, as in Wan
+        self.ff = FeedForward(image_dim, image_dim, out_dim=dim, approximate="none")
+        self.norm2 = FP32LayerNorm(dim)
+        self.pos_embed = None
+        if pos_embed_seq_len is not None:
+            self.pos_embed = nn.Parameter(torch.zeros(1, pos_embed_seq_len, image_dim))
+
+    def forward(self, image_emb: torch.Tensor) -> torch.Tensor:
+        dtype = self.ff.net[0].proj.weight.dtype
+        if self.pos_embed is not None:
+            if image_emb.shape[1] != self.pos_embed.shape[1]:
+                raise ValueError(f"image_emb has {image_emb.shape[1]} tokens; this FLF2V model takes "
+                                 f"{self.pos_embed.shape[1]} (first- and last-frame tokens concatenated)")
+            image_emb = image_emb + self.pos_embed
+        return self.norm2(self.ff(self.norm1(image_emb).to(dtype))).to(dtype)
+
+
 class WanDiT(nn.Module):
     def __init__(self, in_channels: int, dim: int, layers: int, heads: int, ffn_dim: int,
                  text_dim: int, patch: tuple[int, int, int] = (1, 2, 2), qk_norm: bool = True,
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, out_channels: int | None = None, image_dim: int | None = None,
+                 pos_embed_seq_len: int | None = None):
+        """out_channels defaults to in_channels (Wan2.1 I2V takes 36 = 16 noisy + 4 mask + 16 image
+        latent channels and predicts 16). image_dim (1280 for CLIP ViT-H) adds image cross-attention;
+        pos_embed_seq_len (514) adds FLF2V's image position embedding."""
         super().__init__()
+        if pos_embed_seq_len is not None and image_dim is None:
+            raise ValueError("pos_embed_seq_len needs image_dim")
         self.patch_size = tuple(patch)
-        self.out_channels = in_channels
+        self.out_channels = in_channels if out_channels is None else out_channels
         self.rope = WanRotaryPosEmbed(dim // heads)
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch)
         self.condition_embedder = WanTimeTextEmbedding(dim, text_dim)
-        self.blocks = nn.ModuleList(WanTransformerBlock(dim, ffn_dim, heads, qk_norm, eps) for _ in range(layers))
+        if image_dim is not None:  # diffusers' condition_embedder.image_embedder
+            self.condition_embedder.image_embedder = WanImageEmbedding(image_dim, dim, pos_embed_seq_len)
+        self.blocks = nn.ModuleList(WanTransformerBlock(dim, ffn_dim, heads, qk_norm, eps, image_kv=image_dim is not None)
+                                    for _ in range(layers))
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
-        self.proj_out = nn.Linear(dim, in_channels * math.prod(patch))
+        self.proj_out = nn.Linear(dim, self.out_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.gradient_checkpointing = False  # recompute each block in backward: activations of one block
         self._init_weights()
@@ -231,16 +290,21 @@ class WanDiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.patch_embedding.weight.view(self.patch_embedding.out_channels, -1))
-        for module in self.condition_embedder.modules():
-            if isinstance(module, nn.Linear):
+        for name, module in self.condition_embedder.named_modules():
+            if isinstance(module, nn.Linear) and not name.startswith("image_embedder"):  # Wan: xavier there
                 nn.init.normal_(module.weight, std=0.02)
         nn.init.zeros_(self.proj_out.weight)
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
                 text_mask: torch.Tensor | None = None, tap_layer: int | None = None,
                 stop_at_tap: bool = False, self_attn_mask: torch.Tensor | None = None,
+                image_emb: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """latents [B, C, F, H, W]; timestep [B] or [B, L_tokens] in [0, 1000].
+
+        image_emb [B, L_img, image_dim] (CLIP tokens, 257 per frame; FLF2V: first and last frame
+        concatenated) is attended by every cross-attention next to the text; it needs a model built
+        with image_dim. Left out, an I2V model attends to the text only.
 
         Returns (velocity prediction [B, C, F, H, W], hidden states after block `tap_layer`
         [B, L_tokens, dim]). With stop_at_tap the later blocks and the head are skipped and the
@@ -259,14 +323,19 @@ class WanDiT(nn.Module):
         if timestep.ndim == 1:
             timestep = timestep[:, None]  # one timestep broadcast over all tokens
         temb, timestep_proj, context = self.condition_embedder(timestep, text_emb)
+        image_context = None
+        if image_emb is not None:
+            if not hasattr(self.condition_embedder, "image_embedder"):
+                raise ValueError("image_emb given to a WanDiT built without image_dim")
+            image_context = self.condition_embedder.image_embedder(image_emb)
 
         tapped = None
         for index, block in enumerate(self.blocks, start=1):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, context, timestep_proj, rotary, text_mask, self_attn_mask,
-                               use_reentrant=False)
+                               image_context, use_reentrant=False)
             else:
-                x = block(x, context, timestep_proj, rotary, text_mask, self_attn_mask)
+                x = block(x, context, timestep_proj, rotary, text_mask, self_attn_mask, image_context)
             if index == tap_layer:
                 tapped = x
                 if stop_at_tap:

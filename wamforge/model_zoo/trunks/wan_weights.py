@@ -27,6 +27,12 @@ LAYOUTS = ("diffusers", "native")
 
 # (diffusers / wamforge pattern, native replacement), applied in order to a full parameter name
 _TO_NATIVE = [
+    # I2V / FLF2V image embedder (Wan's MLPProj); first, so the rules below never see its norm2
+    (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
+    (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
+    (r"^condition_embedder\.image_embedder\.pos_embed$", "img_emb.emb_pos"),
     (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
     (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
     (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
@@ -38,6 +44,9 @@ _TO_NATIVE = [
     (r"\.attn2\.", ".cross_attn."),
     (r"\.to_([qkv])\.", r".\1."),
     (r"\.to_out\.0\.", ".o."),
+    (r"\.add_k_proj\.", ".k_img."),  # I2V cross-attention to the image tokens
+    (r"\.add_v_proj\.", ".v_img."),
+    (r"\.norm_added_k\.", ".norm_k_img."),
     (r"\.norm2\.", ".norm3."),  # the affine LayerNorm before cross-attention is norm3 in Wan
     (r"\.ffn\.net\.0\.proj\.", ".ffn.0."),
     (r"\.ffn\.net\.2\.", ".ffn.2."),
