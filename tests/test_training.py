@@ -48,6 +48,7 @@ def test_two_rank_training_runs_every_stage(trained):
         rows = read_jsonl(paths.stage(stage.name) / "metrics.jsonl")
         assert [r["step"] for r in rows] == list(range(1, stage.steps + 1))
         assert all(np.isfinite(r["loss"]) for r in rows)
+        assert all(0 <= r["data_wait_pct"] <= r["data_wait_pct_max"] <= 100 and r["samples_per_s"] > 0 for r in rows)
         assert paths.final_weights(stage.name).exists()
         assert (paths.checkpoints(stage.name) / "latest").read_text() == f"step-{stage.steps}"
         # both ranks consumed batches, and never the same sample at the same step

@@ -49,6 +49,14 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def max_across_ranks(value: float, device: torch.device) -> float:
+    if not torch.distributed.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.item()
+
+
 def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     if not torch.distributed.is_initialized() or not values:
         return values

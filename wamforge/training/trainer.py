@@ -21,7 +21,7 @@ from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.wam import WorldActionModel
 from wamforge.training import checkpoint
-from wamforge.training.distributed import DistEnv, barrier, init, mean_across_ranks, read_env
+from wamforge.training.distributed import DistEnv, barrier, init, max_across_ranks, mean_across_ranks, read_env
 from wamforge.training.engine import build_engine, resolve_precision
 from wamforge.training.metrics import JsonlLog, stage_summary
 from wamforge.training.stages import load_initial_weights
@@ -114,10 +114,14 @@ class StageRunner:
         metrics = JsonlLog(self.dir / "metrics.jsonl", start) if self.dist.is_main else None
         trace = JsonlLog(self.dir / f"samples.rank{self.dist.rank}.jsonl", start)
         samples_per_step = training.micro_batch_per_rank * accum * self.dist.world_size
-        step, micro, window = start, 0, []
+        step, micro, window, waited = start, 0, [], 0.0
         tic = time.perf_counter()
+        batches = iter(loader)
         with self._progress(start) as progress:
-            for batch, weights in loader:
+            while True:
+                asked = time.perf_counter()
+                batch, weights = next(batches)
+                waited += time.perf_counter() - asked  # the trainer idles while the loader catches up
                 out = engine(batch.to(self.device, self.dtype), stage.objective, stage.loss_weights)
                 engine.backward(out["loss"])
                 engine.step()
@@ -127,13 +131,14 @@ class StageRunner:
                 if micro % accum:
                     continue
                 step += 1
-                values = mean_across_ranks({k: sum(w[k] for w in window) / len(window) for k in window[0]},
-                                           self.device)
-                window = []
                 toc = time.perf_counter()
-                row = {"step": step, **values, "lr": engine.get_lr()[0],
-                       "samples_per_s": samples_per_step / (toc - tic), "mixture": weights}
-                tic = toc
+                wait_pct = 100 * waited / (toc - tic)
+                values = mean_across_ranks({**{k: sum(w[k] for w in window) / len(window) for k in window[0]},
+                                            "data_wait_pct": wait_pct}, self.device)
+                row = {"step": step, **values, "data_wait_pct_max": max_across_ranks(wait_pct, self.device),
+                       "lr": engine.get_lr()[0], "samples_per_s": samples_per_step / (toc - tic),
+                       "mixture": weights}
+                window, waited, tic = [], 0.0, toc
                 if metrics is not None:
                     metrics.write(row)
                     progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
@@ -146,6 +151,7 @@ class StageRunner:
                                     self.dist.rank)
                 if step >= stage.steps:
                     break
+        batches.close()  # stops the loader's worker processes now, not at garbage collection
         trace.close()
         if metrics is not None:
             metrics.close()
