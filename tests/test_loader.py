@@ -1,6 +1,7 @@
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,16 @@ def test_resume_refuses_a_different_worker_count(built):
     take(first, 3)
     with pytest.raises(ValueError, match="loader_workers=2"):
         make_loader(cfg, st, workers=1).load_state_dict(first.state_dict())
+
+
+def test_quantile_normalization_maps_q01_q99_to_unit_range():
+    registry = EmbodimentRegistry.from_yaml("configs/embodiments.yaml")
+    stats = {"sawyer": {"actions": {"mean": [0.0] * 4, "std": [1.0] * 4, "q01": [-2.0, 0.0, 1.0, -1.0],
+                                    "q99": [2.0, 4.0, 3.0, 1.0]}}}
+    norm = Normalizer(stats, registry, "quantile")
+    raw = np.array([[-2.0, 0.0, 1.0, 0.5], [2.0, 4.0, 3.0, -0.5]], np.float32)
+    out = norm.normalize("sawyer", "actions", raw)
+    np.testing.assert_allclose(out[:, :3], [[-1, -1, -1], [1, 1, 1]])
+    np.testing.assert_allclose(out[:, 3], raw[:, 3])  # the gripper stays raw
+    np.testing.assert_allclose(norm.denormalize("sawyer", "actions", out), raw, atol=1e-6)
+    assert Normalizer(stats, registry).stats_hash == norm.stats_hash != Normalizer({}, registry).stats_hash

@@ -116,6 +116,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
 
 def test_export_load_policy_act_in_raw_units(trained, tmp_path):
     from wamforge import load_policy
+    from wamforge.data_pipeline.loader.collate import stats_hash
     from wamforge.training.export import export
 
     _, cfg = trained
@@ -127,10 +128,17 @@ def test_export_load_policy_act_in_raw_units(trained, tmp_path):
     assert chunk.shape == (cfg.model.action_expert.horizon, 4) and chunk.dtype == np.float32
     assert np.all(chunk >= -1) and np.all(chunk <= 1)  # sawyer bounds, raw units
 
-    # units: shifting the exported action mean moves dx by exactly that much in raw units
+    # statistics that are not the ones the policy was trained with are refused
     stats = json.loads((out / "stats.json").read_text())
     stats["sawyer"]["actions"]["mean"][0] -= 0.25
     (out / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match="not the statistics this policy was trained with"):
+        load_policy(out)
+
+    # units: a policy exported with its action mean shifted acts shifted by exactly that, in raw units
+    meta = json.loads((out / "config.json").read_text())
+    meta["stats_hash"] = stats_hash(stats)
+    (out / "config.json").write_text(json.dumps(meta))
     shifted = load_policy(out).act(obs, "reach the goal")
     unclipped = np.abs(chunk[:, 0]) < 1
     assert unclipped.any()

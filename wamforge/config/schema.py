@@ -131,6 +131,8 @@ class ModelConfig(Strict):
     max_action_dim: int = 8
     max_proprio_dim: int = 8
     flow_shift: float = 1.0
+    # mean_std: (x - mean) / std; quantile: q01..q99 mapped to -1..1 (robust to outliers)
+    normalization: Literal["mean_std", "quantile"] = "mean_std"
 
     @model_validator(mode="after")
     def _implemented(self):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from wamforge.config.paths import RunPaths
 from wamforge.config.schema import ExperimentConfig
+from wamforge.data_pipeline.loader.collate import stats_hash
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.training.metrics import stage_summary
 
@@ -23,8 +24,9 @@ def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = N
     shutil.copyfile(paths.data / "stats.json", out / "stats.json")
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     (out / "embodiments.json").write_text(json.dumps(registry.to_dict(), indent=1))
-    (out / "config.json").write_text(json.dumps({"experiment": cfg.model_dump(mode="json"),
-                                                 "exported_stage": stage}, indent=1))
+    stats = json.loads((paths.data / "stats.json").read_text())
+    (out / "config.json").write_text(json.dumps({"experiment": cfg.model_dump(mode="json"), "exported_stage": stage,
+                                                 "stats_hash": stats_hash(stats)}, indent=1))
     (out / "README.md").write_text(model_card(cfg, paths, stage))
     return out
 

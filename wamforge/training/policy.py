@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from wamforge.config import validate
-from wamforge.data_pipeline.loader.collate import Normalizer, video_to_tensor
+from wamforge.data_pipeline.loader.collate import Normalizer, stats_hash, video_to_tensor
 from wamforge.data_pipeline.video import resize_center_crop
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.wam import WorldActionModel
@@ -19,7 +19,7 @@ class Policy:
     def __init__(self, model: WorldActionModel, cfg, registry: EmbodimentRegistry, stats: dict,
                  device: torch.device, flow_steps: int):
         self.model, self.cfg, self.registry = model.eval(), cfg, registry
-        self.normalizer = Normalizer(stats, registry)
+        self.normalizer = Normalizer(stats, registry, cfg.model.normalization)
         self.device, self.flow_steps = device, flow_steps
         self.resolution = tuple(cfg.data.resolution)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -61,6 +61,9 @@ def load_policy(directory: str | Path, device: str | None = None, flow_steps: in
     cfg = validate(meta["experiment"], directory / "config.json")
     registry = EmbodimentRegistry.from_dict(json.loads((directory / "embodiments.json").read_text()))
     stats = json.loads((directory / "stats.json").read_text())
+    if stats_hash(stats) != meta["stats_hash"]:
+        raise ValueError(f"{directory / 'stats.json'} is not the statistics this policy was trained with "
+                         f"(hash {stats_hash(stats)}, expected {meta['stats_hash']}); re-export the run")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = WorldActionModel(cfg.model, num_embodiments=len(registry), clip_frames=cfg.data.clip_frames,
                              resolution=tuple(cfg.data.resolution))

@@ -43,7 +43,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     paths = RunPaths.of(cfg)
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     stats = json.loads((paths.data / "stats.json").read_text())
-    collator = Collator(Normalizer(stats, registry), registry,
+    collator = Collator(Normalizer(stats, registry, cfg.model.normalization), registry,
                         source_ids={n: i for i, n in enumerate(cfg.data.sources)},
                         horizon=cfg.model.action_expert.horizon, max_action_dim=cfg.model.max_action_dim,
                         max_proprio_dim=cfg.model.max_proprio_dim)
@@ -89,6 +89,9 @@ class StageRunner:
         if latest is not None:
             trainer_state, loader_state = checkpoint.restore(engine, latest, self.dist.rank,
                                                              self.dist.world_size)
+            if trainer_state["stats_hash"] != self.collator.normalizer.stats_hash:
+                raise ValueError(f"{latest} was trained with other data statistics than {self.paths.data}/stats.json "
+                                 f"now holds; resume on the dataset it was trained on, or start the stage again")
             loader.load_state_dict(loader_state)
             start = trainer_state["step"]
             self._say(f"{self.stage.name}: resumed from {latest}")
@@ -146,6 +149,7 @@ class StageRunner:
                     loader_state = loader.state_dict()
                     checkpoint.save(engine, self.ckpt_root, step, loader_state,
                                     {"stage": stage.name, "world_size": self.dist.world_size,
+                                     "stats_hash": self.collator.normalizer.stats_hash,
                                      "config": self.cfg.model_dump(mode="json"),
                                      "mixture": weights, "skipped": loader_state["skipped"]},
                                     self.dist.rank)

@@ -1,6 +1,7 @@
 """Raw shard samples -> model tensors: decode video, cut the action chunk, normalize, pad, mask."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -14,29 +15,45 @@ from wamforge.model_zoo.embodiments import EmbodimentRegistry
 EPS = 1e-6
 
 
+def stats_hash(stats: dict) -> str:
+    """Names the statistics a model was trained with; checkpoints and exports record it."""
+    return hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Normalizer:
-    """Per-embodiment mean/std normalization; dims marked `normalize: false` pass through raw."""
+    """Per-embodiment (x - center) / scale; dims marked `normalize: false` pass through raw.
 
-    def __init__(self, stats: dict, registry: EmbodimentRegistry):
-        self.stats, self.registry = stats, registry
+    mode "mean_std": center = mean, scale = std; "quantile": q01..q99 maps onto -1..1.
+    """
 
-    def _moments(self, embodiment: str, field: str, width: int):
+    def __init__(self, stats: dict, registry: EmbodimentRegistry, mode: str = "mean_std"):
+        if mode not in ("mean_std", "quantile"):
+            raise ValueError(f"unknown normalization '{mode}'; expected mean_std or quantile")
+        self.stats, self.registry, self.mode = stats, registry, mode
+        self.stats_hash = stats_hash(stats)
+
+    def _center_scale(self, embodiment: str, field: str, width: int):
         s = self.stats.get(embodiment, {}).get(field)
         if s is None:
             return np.zeros(width, np.float32), np.ones(width, np.float32)
-        mean, std = np.asarray(s["mean"], np.float32), np.maximum(np.asarray(s["std"], np.float32), EPS)
+        if self.mode == "quantile":
+            low, high = np.asarray(s["q01"], np.float32), np.asarray(s["q99"], np.float32)
+            center, scale = (high + low) / 2, (high - low) / 2
+        else:
+            center, scale = np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
+        scale = np.maximum(scale, EPS)
         if field == "actions":
             keep_raw = ~np.asarray(self.registry[embodiment].normalize, bool)
-            mean, std = np.where(keep_raw, 0.0, mean), np.where(keep_raw, 1.0, std)
-        return mean.astype(np.float32), std.astype(np.float32)
+            center, scale = np.where(keep_raw, 0.0, center), np.where(keep_raw, 1.0, scale)
+        return center.astype(np.float32), scale.astype(np.float32)
 
     def normalize(self, embodiment: str, field: str, values: np.ndarray) -> np.ndarray:
-        mean, std = self._moments(embodiment, field, values.shape[-1])
-        return (values - mean) / std
+        center, scale = self._center_scale(embodiment, field, values.shape[-1])
+        return (values - center) / scale
 
     def denormalize(self, embodiment: str, field: str, values: np.ndarray) -> np.ndarray:
-        mean, std = self._moments(embodiment, field, values.shape[-1])
-        return values * std + mean
+        center, scale = self._center_scale(embodiment, field, values.shape[-1])
+        return values * scale + center
 
 
 def load_npy(data: bytes) -> np.ndarray:
