@@ -62,3 +62,9 @@ def test_cli_reports_one_sentence_and_exit_code_2(tmp_path, capsys):
     assert main(["train", str(path)]) == 2
     out = capsys.readouterr().out
     assert "unknown key 'modle'" in out and "did you mean 'model'" in out and "Traceback" not in out
+
+
+def test_curriculum_plot_cli(tmp_path):
+    out = tmp_path / "curricula.png"
+    assert main(["curriculum", "plot", "configs/experiments/quickstart.yaml", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -1,4 +1,4 @@
-"""`wamforge` entry point: data build, train, export, eval, run (all of them in order) and plan."""
+"""`wamforge` entry point: data build, train, export, eval, run (all of them in order), plan, curriculum."""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +95,13 @@ def cmd_run(cfg: ExperimentConfig, args) -> int:
                "peak_memory_mb": policy.get("peak_memory_mb", {}), "wall_seconds": round(time.time() - started, 1)}
     (paths.root / "summary.json").write_text(json.dumps(summary, indent=1))
     _print_summary(summary)
+    return 0
+
+
+def cmd_curriculum_plot(cfg: ExperimentConfig, args) -> int:
+    from wamforge.training.plots import plot_curriculum
+
+    console.print(f"[green]curricula[/] drawn in {plot_curriculum(cfg, Path(args.out))}")
     return 0
 
 
@@ -220,6 +227,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("eval", cmd_eval, "closed-loop evaluation of an exported policy")
     p.add_argument("--policy", default=None, help="export directory (default: runs/<name>/export)")
+
+    curriculum = sub.add_parser("curriculum", help="mixture curricula").add_subparsers(
+        dest="curriculum_command", required=True)
+    p = command("plot", cmd_curriculum_plot, "draw every stage's source weights over its steps", curriculum)
+    p.add_argument("--out", required=True, help="PNG file to write")
 
     p = command("plan", cmd_plan, "parameters, FLOPs and memory per GPU before submitting")
     p.add_argument("--size", default=None, help="a named trunk size instead of the config's, e.g. wan2.1-14b")

@@ -1,4 +1,4 @@
-"""Loss curves and mixture weights of every stage, in one picture per run."""
+"""Pictures of a run: loss curves and realized mixture weights per stage, and a config's curricula."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,6 +40,31 @@ def plot_training(cfg: ExperimentConfig, out: Path | None = None) -> Path | None
         bottom.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out or paths.root / "training.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_curriculum(cfg: ExperimentConfig, out: Path) -> Path:
+    """Every stage's source weights over its steps, as the loader will draw them."""
+    from wamforge.data_pipeline.loader.mixture import weights_at
+
+    fig, axes = plt.subplots(1, len(cfg.stages), figsize=(4.2 * len(cfg.stages), 3.2), squeeze=False)
+    sources = list(cfg.data.sources)
+    for ax, stage in zip(axes[0], cfg.stages):
+        steps = list(range(stage.steps + 1))
+        tables = [weights_at(stage.mixture, s) for s in steps]
+        ax.stackplot(steps, [[t.get(name, 0.0) for t in tables] for name in sources], labels=sources,
+                     colors=[f"C{i}" for i in range(len(sources))], alpha=0.85)
+        ax.set_title(f"{stage.name} ({stage.objective})")
+        ax.set_xlim(0, stage.steps)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("share of each batch")
+    axes[0][-1].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
