@@ -118,3 +118,26 @@ def test_quantile_normalization_maps_q01_q99_to_unit_range():
     np.testing.assert_allclose(out[:, 3], raw[:, 3])  # the gripper stays raw
     np.testing.assert_allclose(norm.denormalize("sawyer", "actions", out), raw, atol=1e-6)
     assert Normalizer(stats, registry).stats_hash == norm.stats_hash != Normalizer({}, registry).stats_hash
+
+
+def test_nested_groups_and_size_balancing():
+    mix = MixtureConfig(weights={"web": 1.0, "robot": {"franka": 3.0, "ur5": 1.0}})
+    assert weights_at(mix, 0) == pytest.approx({"web": 0.5, "franka": 0.375, "ur5": 0.125})
+    heavy = MixtureConfig(weights={"web": 1.0, "robot": {"weight": 3.0, "franka": 1.0, "ur5": 1.0}})
+    assert weights_at(heavy, 0) == pytest.approx({"web": 0.25, "franka": 0.375, "ur5": 0.375})
+    balanced = MixtureConfig(weights={"a": 1.0, "b": 1.0}, balance="size")
+    assert weights_at(balanced, 0, {"a": 300, "b": 100}) == pytest.approx({"a": 0.75, "b": 0.25})
+    with pytest.raises(ValueError, match="sample counts"):
+        weights_at(balanced, 0)
+
+
+def test_nested_group_members_are_checked_against_sources(tmp_path):
+    from tests.conftest import tiny_config
+    from wamforge.config import ConfigError, validate
+
+    raw = tiny_config(tmp_path)
+    raw["stages"][0]["mixture"]["weights"] = {"web": 1.0, "robots": {"sim": 1.0, "franka": 1.0}}
+    with pytest.raises(ConfigError, match="franka"):
+        validate(raw)
+    raw["stages"][0]["mixture"]["weights"] = {"web": 1.0, "robots": {"sim": 1.0}}
+    assert validate(raw).stages[0].mixture.weights == {"web": 1.0, "sim": 1.0}

@@ -145,14 +145,42 @@ class ModelConfig(Strict):
 
 # ----------------------------------------------------------------------------- stages
 
+# source weights; a group ({robot: {franka: 2, ur5: 1}}) counts as one entry of weight 1 (or its
+# own `weight:` key) shared among its members in proportion to theirs
+Weights = dict[str, float | dict[str, float]]
+
+
+def flatten_weights(table: dict) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for name, value in table.items():
+        members = value if isinstance(value, dict) else {name: value}
+        share = 1.0
+        if isinstance(value, dict):
+            members = {k: w for k, w in value.items() if k != "weight"}
+            share = float(value.get("weight", 1.0))
+            total = sum(members.values())
+            if not members or any(w < 0 for w in members.values()) or total <= 0:
+                raise ValueError(f"group '{name}' needs members with non-negative weights, not all zero")
+            members = {k: share * w / total for k, w in members.items()}
+        for member, w in members.items():
+            flat[member] = flat.get(member, 0.0) + float(w)
+    return flat
+
+
 class CurriculumPoint(Strict):
     step: int = Field(ge=0)
-    weights: dict[str, float]
+    weights: Weights
+
+    _flat = field_validator("weights")(lambda cls, v: flatten_weights(v))
 
 
 class MixtureConfig(Strict):
-    weights: dict[str, float]
+    weights: Weights
     curriculum: list[CurriculumPoint] = []  # piecewise-linear over the stage's steps
+    # "size": each source's weight is also multiplied by its number of built samples
+    balance: Literal["weights", "size"] = "weights"
+
+    _flat = field_validator("weights")(lambda cls, v: flatten_weights(v))
 
     @model_validator(mode="after")
     def _positive(self):

@@ -1,6 +1,7 @@
 """Pictures of a run: loss curves and realized mixture weights per stage, and a config's curricula."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -51,9 +52,12 @@ def plot_curriculum(cfg: ExperimentConfig, out: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(cfg.stages), figsize=(4.2 * len(cfg.stages), 3.2), squeeze=False)
     sources = list(cfg.data.sources)
+    manifest = RunPaths.of(cfg).data / "manifest.json"
+    sizes = ({n: s["samples"] for n, s in json.loads(manifest.read_text())["sources"].items()}
+             if manifest.exists() else None)  # size-balanced mixtures need the built counts
     for ax, stage in zip(axes[0], cfg.stages):
         steps = list(range(stage.steps + 1))
-        tables = [weights_at(stage.mixture, s) for s in steps]
+        tables = [weights_at(stage.mixture, s, sizes) for s in steps]
         ax.stackplot(steps, [[t.get(name, 0.0) for t in tables] for name in sources], labels=sources,
                      colors=[f"C{i}" for i in range(len(sources))], alpha=0.85)
         ax.set_title(f"{stage.name} ({stage.objective})")

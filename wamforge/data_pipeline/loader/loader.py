@@ -32,6 +32,7 @@ class MixtureLoader:
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
         names = sorted(set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum)))
         self.shards = {}
+        self.sizes = {name: manifest["sources"][name]["samples"] for name in names}
         for name in names:
             self.shards[name] = [Path(data_dir) / s for s in manifest["sources"][name]["shards"]]
             if not self.shards[name]:
@@ -108,7 +109,7 @@ class _StepStream(IterableDataset):
 
         for step in count(loader.step + worker, workers):
             # curricula run on optimizer steps; draws depend on (seed, step, rank) only
-            weights = weights_at(loader.stage.mixture, step // loader.accumulation)
+            weights = weights_at(loader.stage.mixture, step // loader.accumulation, loader.sizes)
             names = draw_sources(weights, loader.batch_size, loader.seed, step, loader.rank)
             batch = loader.collator.collate([next_item(n) for n in names])
             realized.update(names)

@@ -8,7 +8,8 @@ import numpy as np
 from wamforge.config.schema import MixtureConfig
 
 
-def weights_at(mixture: MixtureConfig, step: int) -> dict[str, float]:
+def weights_at(mixture: MixtureConfig, step: int, sizes: dict[str, int] | None = None) -> dict[str, float]:
+    """Normalized source weights at `step`; with balance "size", also proportional to `sizes`."""
     points = mixture.curriculum
     if not points:
         table = dict(mixture.weights)
@@ -22,6 +23,10 @@ def weights_at(mixture: MixtureConfig, step: int) -> dict[str, float]:
         frac = (step - a.step) / (b.step - a.step)
         names = set(a.weights) | set(b.weights)
         table = {n: (1 - frac) * a.weights.get(n, 0.0) + frac * b.weights.get(n, 0.0) for n in names}
+    if mixture.balance == "size":
+        if sizes is None:
+            raise ValueError("a size-balanced mixture needs the built dataset's sample counts")
+        table = {n: w * sizes[n] for n, w in table.items()}
     total = sum(table.values())
     return {name: w / total for name, w in sorted(table.items()) if w > 0}
 
