@@ -20,18 +20,16 @@ holding exactly one of those.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from wamforge.model_zoo.trunks.wan_weights import checkpoint_files
+from wamforge.model_zoo.weights_io import LoadReport, checkpoint_files, write_safetensors
+
 
 Layout = Literal["diffusers", "native"]
 LAYOUTS = ("diffusers", "native")
@@ -90,26 +88,6 @@ def layout_names(model: nn.Module, layout: Layout) -> dict[str, str]:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     names = list(model.state_dict())
     return {native_name(n) if layout == "native" else n: n for n in names}
-
-
-@dataclass
-class LoadReport:
-    layout: Layout
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # model parameters the checkpoint lacks
-    unexpected: list[str] = field(default_factory=list)  # checkpoint tensors with no parameter
-    mismatched: list[str] = field(default_factory=list)  # "name: checkpoint shape vs model shape"
-    dropped: list[str] = field(default_factory=list)  # known official-only tensors, skipped on purpose
-
-    @property
-    def complete(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def problems(self) -> str:
-        parts = [f"{label} ({len(names)}): {', '.join(names)}" for label, names in
-                 (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched))
-                 if names]
-        return "; ".join(parts)
 
 
 def _canonical_names(stored: list[str]) -> dict[str, str]:
@@ -185,30 +163,6 @@ def save_cosmos_weights(model: nn.Module, directory: str | Path, layout: Layout 
     """Write `<stem>.safetensors`, or with max_shard_bytes the shards `<stem>-0000i-of-0000n.safetensors`
     and `<stem>.safetensors.index.json`, as diffusers names them. Native files hold the `net.` names
     only (no `_extra_state`, counters or RoPE buffers). Returns the file to load back."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     tensors = {name: state[param].detach().contiguous() for name, param in layout_names(model, layout).items()}
-    if max_shard_bytes is None:
-        target = directory / f"{stem}.safetensors"
-        save_file(tensors, target, metadata={"format": "pt"})
-        return target
-
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    shard_bytes = 0
-    for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
-        if shards[-1] and shard_bytes + size > max_shard_bytes:
-            shards.append({})
-            shard_bytes = 0
-        shards[-1][name] = tensor
-        shard_bytes += size
-    weight_map = {}
-    for index, shard in enumerate(shards, start=1):
-        shard_name = f"{stem}-{index:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / shard_name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, shard_name))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    target = directory / f"{stem}.safetensors.index.json"
-    target.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return target
+    return write_safetensors(tensors, directory, stem, max_shard_bytes)

@@ -11,16 +11,15 @@ holding exactly one of those.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from wamforge.model_zoo.weights_io import LoadReport, checkpoint_files, write_safetensors
 
 Layout = Literal["diffusers", "native"]
 LAYOUTS = ("diffusers", "native")
@@ -69,43 +68,6 @@ def layout_names(model: nn.Module, layout: Layout) -> dict[str, str]:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     names = list(model.state_dict())
     return {native_name(n) if layout == "native" else n: n for n in names}
-
-
-@dataclass
-class LoadReport:
-    layout: Layout
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # model parameters the checkpoint lacks
-    unexpected: list[str] = field(default_factory=list)  # checkpoint tensors with no parameter
-    mismatched: list[str] = field(default_factory=list)  # "name: checkpoint shape vs model shape"
-
-    @property
-    def complete(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def problems(self) -> str:
-        parts = [f"{label} ({len(names)}): {', '.join(names)}" for label, names in
-                 (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched))
-                 if names]
-        return "; ".join(parts)
-
-
-def checkpoint_files(path: str | Path) -> dict[str, Path]:
-    """{tensor name: shard file} for a file, a sharded index or a folder holding one of them."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = sorted(path.glob("*.safetensors.index.json")) or sorted(path.glob("*.safetensors"))
-        if len(candidates) != 1:
-            raise FileNotFoundError(f"{path} must hold exactly one safetensors index or file, found "
-                                    f"{[c.name for c in candidates]}")
-        path = candidates[0]
-    if path.name.endswith(".index.json"):
-        weight_map = json.loads(path.read_text())["weight_map"]
-        return {name: path.parent / shard for name, shard in weight_map.items()}
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: only safetensors checkpoints are read")
-    with safe_open(path, framework="pt") as handle:
-        return {name: path for name in handle.keys()}
 
 
 def detect_layout(names) -> Layout:
@@ -163,30 +125,6 @@ def save_wan_weights(model: nn.Module, directory: str | Path, layout: Layout = "
     """Write `<stem>.safetensors`, or with max_shard_bytes the shards `<stem>-0000i-of-0000n.safetensors`
     and `<stem>.safetensors.index.json`, as diffusers and the Wan releases name them. Returns the
     file to load back."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     tensors = {name: state[param].detach().contiguous() for name, param in layout_names(model, layout).items()}
-    if max_shard_bytes is None:
-        target = directory / f"{stem}.safetensors"
-        save_file(tensors, target, metadata={"format": "pt"})
-        return target
-
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    shard_bytes = 0
-    for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
-        if shards[-1] and shard_bytes + size > max_shard_bytes:
-            shards.append({})
-            shard_bytes = 0
-        shards[-1][name] = tensor
-        shard_bytes += size
-    weight_map = {}
-    for index, shard in enumerate(shards, start=1):
-        shard_name = f"{stem}-{index:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / shard_name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, shard_name))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    target = directory / f"{stem}.safetensors.index.json"
-    target.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return target
+    return write_safetensors(tensors, directory, stem, max_shard_bytes)
