@@ -141,3 +141,23 @@ def test_nested_group_members_are_checked_against_sources(tmp_path):
         validate(raw)
     raw["stages"][0]["mixture"]["weights"] = {"web": 1.0, "robots": {"sim": 1.0}}
     assert validate(raw).stages[0].mixture.weights == {"web": 1.0, "sim": 1.0}
+
+
+def test_a_stalled_worker_is_named(built, tmp_path):
+    import os
+    import shutil
+
+    cfg, _ = built
+    data = RunPaths.of(cfg).data
+    shutil.copy(data / "stats.json", tmp_path / "stats.json")
+    (tmp_path / "shards").mkdir()
+    os.mkfifo(tmp_path / "shards" / "stuck.tar")  # a read that never returns, like a hung network mount
+    manifest = {"sources": {"sim": {"shards": ["shards/stuck.tar"], "samples": 10}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
+    collator = Collator(Normalizer({}, registry), registry, {"sim": 0}, horizon=4, max_action_dim=8,
+                        max_proprio_dim=8)
+    loader = MixtureLoader(tmp_path, stage({"sim": 1.0}), collator, rank=0, world=1, batch_size=2, seed=0,
+                           workers=1, stall_timeout_s=2)
+    with pytest.raises(RuntimeError, match="loader worker 0 of rank 0 produced no batch for step 0 in 2 s"):
+        next(iter(loader))

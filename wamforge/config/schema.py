@@ -219,6 +219,7 @@ class TrainingConfig(Strict):
     checkpoint_every: int = Field(20, ge=1)
     loader_workers: int = Field(1, ge=0)  # decode processes per rank; 0 decodes in the trainer
     prefetch_batches: int = Field(2, ge=1)  # per loader worker
+    loader_stall_timeout_s: float = Field(600.0, gt=0)  # a worker silent this long is named and stopped
     threads_per_rank: int = Field(1, ge=1)
 
 

@@ -82,6 +82,7 @@ class StageRunner:
                                self.dist.world_size, self.cfg.training.micro_batch_per_rank,
                                seed=self.cfg.seed * 1000 + self.index, workers=self.cfg.training.loader_workers,
                                prefetch=self.cfg.training.prefetch_batches,
+                               stall_timeout_s=self.cfg.training.loader_stall_timeout_s,
                                accumulation=self.cfg.training.grad_accumulation)
 
         start = 0

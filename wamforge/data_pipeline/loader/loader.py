@@ -28,7 +28,8 @@ MAX_CONSECUTIVE_FAILURES = 16
 
 class MixtureLoader:
     def __init__(self, data_dir: Path, stage: StageConfig, collator: Collator, rank: int, world: int,
-                 batch_size: int, seed: int, workers: int = 1, prefetch: int = 2, accumulation: int = 1):
+                 batch_size: int, seed: int, workers: int = 1, prefetch: int = 2, accumulation: int = 1,
+                 stall_timeout_s: float = 600.0):
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
         names = sorted(set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum)))
         self.shards = {}
@@ -40,7 +41,7 @@ class MixtureLoader:
                                  f"see {Path(data_dir) / 'quarantine.jsonl'}")
         self.stage, self.collator, self.rank, self.world = stage, collator, rank, world
         self.batch_size, self.seed, self.accumulation = batch_size, seed, accumulation
-        self.workers, self.prefetch = workers, prefetch
+        self.workers, self.prefetch, self.stall_timeout_s = workers, prefetch, stall_timeout_s
         self.step = 0
         self.lane_states: dict[int, dict] = {}
 
@@ -49,8 +50,19 @@ class MixtureLoader:
         # run's noise would drift from an uninterrupted one
         loader = DataLoader(_StepStream(self), batch_size=None, num_workers=self.workers,
                             prefetch_factor=self.prefetch if self.workers else None,
+                            timeout=self.stall_timeout_s if self.workers else 0,  # the stall watchdog
                             generator=torch.Generator().manual_seed(self.seed))
-        for batch, weights, lane, state in loader:
+        batches, start = iter(loader), self.step
+        while True:
+            try:
+                batch, weights, lane, state = next(batches)
+            except RuntimeError as err:
+                if "timed out" not in str(err):
+                    raise
+                worker = (self.step - start) % self.workers  # the DataLoader asks its workers in turn
+                raise RuntimeError(f"loader worker {worker} of rank {self.rank} produced no batch for step "
+                                   f"{self.step} in {self.stall_timeout_s:.0f} s: it is stalled, most likely "
+                                   f"on a hung read of one of its shards") from None
             self.lane_states[lane] = state
             self.step += 1
             yield batch, weights
