@@ -161,3 +161,17 @@ def test_a_stalled_worker_is_named(built, tmp_path):
                            workers=1, stall_timeout_s=2)
     with pytest.raises(RuntimeError, match="loader worker 0 of rank 0 produced no batch for step 0 in 2 s"):
         next(iter(loader))
+
+
+def test_realized_proportions_follow_a_curriculum(built):
+    cfg, _ = built
+    curriculum = [{"step": 0, "weights": {"sim": 0.1, "web": 0.9}}, {"step": 40, "weights": {"sim": 0.9, "web": 0.1}}]
+    batches = take(make_loader(cfg, stage({"sim": 1.0, "web": 1.0}, curriculum), batch=8, workers=2), 40)
+
+    def sim_share(window):
+        keys = [k for b in window for k in b.keys]
+        return sum(k.startswith("sim/") for k in keys) / len(keys)
+
+    # the target averages 0.2 over steps 0-9 and 0.8 over steps 30-39
+    assert abs(sim_share(batches[:10]) - 0.2) < 0.1
+    assert abs(sim_share(batches[30:]) - 0.8) < 0.1
