@@ -98,10 +98,11 @@ def raw_decode(data: Path, shards: list[Path], args) -> dict:
     return {"samples": n, "seconds": round(dt, 2), "samples_per_s": round(n / dt, 1)}
 
 
-def wamforge_loader(data: Path, weights: dict, args) -> dict:
+def wamforge_loader(data: Path, weights: dict, args, shuffle_mb: float = 0.0) -> dict:
     stage = StageConfig(name="bench", objective="joint", steps=10**9, mixture={"weights": weights, "curriculum": []})
     loader = MixtureLoader(data, stage, make_collator(data, sorted(weights)), rank=0, world=1,
-                           batch_size=args.batch, seed=0, workers=args.workers)
+                           batch_size=args.batch, seed=0, workers=args.workers,
+                           shuffle_buffer_bytes=int(shuffle_mb * 2**20))
     return measure((b for b, _ in loader), args.batch, args)
 
 
@@ -180,6 +181,9 @@ def main():
     print("a", res["a_raw_decode"], file=sys.stderr)
     res["b_wamforge"] = wamforge_loader(data, weights, args)
     print("b", res["b_wamforge"], file=sys.stderr)
+    # the training default: an 8 MiB shuffle buffer per source and worker (Energon below reads unshuffled)
+    res["b_wamforge_shuffled"] = wamforge_loader(data, weights, args, shuffle_mb=8.0)
+    print("b shuffled", res["b_wamforge_shuffled"], file=sys.stderr)
     if not Path(args.energon_python).exists():
         res["c_energon"] = {"skipped": f"no Energon venv at {args.energon_python} (create one: python -m venv, a .pth "
                                        "to this venv's site-packages, pip install megatron-energon)"}
@@ -191,6 +195,7 @@ def main():
     print("c", res["c_energon"], file=sys.stderr)
     b = res["b_wamforge"]["samples_per_s"]
     res["ratio_b_over_a"] = round(b / res["a_raw_decode"]["samples_per_s"], 3)
+    res["ratio_b_shuffled_over_a"] = round(res["b_wamforge_shuffled"]["samples_per_s"] / res["a_raw_decode"]["samples_per_s"], 3)
     c = res["c_energon"].get("samples_per_s")
     res["ratio_b_over_c"] = round(b / c, 3) if c else None
     print(json.dumps(res, indent=1))

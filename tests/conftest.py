@@ -27,7 +27,8 @@ TINY = {
     "model": {"trunk": {"dim": 32, "layers": 2, "heads": 2, "ffn_dim": 64, "tap_layer": 1},
               "text": {"dim": 32, "max_tokens": 16},
               "action_expert": {"dim": 32, "layers": 1, "heads": 2, "horizon": 4}},
-    "training": {"world_size": 2, "micro_batch_per_rank": 2, "checkpoint_every": 3, "loader_workers": 2},
+    "training": {"world_size": 2, "micro_batch_per_rank": 2, "checkpoint_every": 3, "loader_workers": 2,
+                 "shuffle_buffer_mb": 0.02},
     "stages": [
         {"name": "pretrain_video", "objective": "video", "steps": 4, "lr": 1e-3,
          "mixture": {"weights": {"web": 1.0, "sim": 1.0}}},

@@ -21,12 +21,12 @@ def test_build_writes_readable_shards_manifest_and_stats(built):
     for shard in manifest["shards"]:
         for sample in wds.WebDataset(str(out / shard["path"]), shardshuffle=False):
             meta = json.loads(sample["json"])
-            assert sample["__key__"] == f"{meta['source']}/{meta['episode']}/{meta['start']:06d}"
+            assert sample["__key__"] == f"{meta['source']}/{meta['episode']}/{meta['current']:06d}"
             frames = decode_mp4(sample["mp4"])
             assert frames.shape == (9, 32, 32, 3) and frames.dtype == np.uint8
             if meta["source"] == "sim":
-                assert load_npy(sample["actions.npy"]).shape == (9, 4)
-                assert load_npy(sample["proprio.npy"]).shape == (9, 4)
+                rows = min(32, meta["episode_length"] - meta["current"])  # data.action_frames by default
+                assert load_npy(sample["actions.npy"]).shape == load_npy(sample["proprio.npy"]).shape == (rows, 4)
                 assert meta["embodiment"] == "sawyer" and meta["language"]
             else:
                 assert "actions.npy" not in sample and meta["kind"] == "synthetic"
@@ -78,7 +78,7 @@ def test_short_episode_is_quarantined_with_reason(tmp_path):
     manifest = build_dataset(validate(raw))
     assert manifest["samples"] == 0 and manifest["quarantined"] == 2
     reasons = (RunPaths.of(validate(raw)).data / "quarantine.jsonl").read_text()
-    assert "fewer than clip_frames=9" in reasons
+    assert "fewer than the 9 a window spans (clip_frames=9, frame_stride=1)" in reasons
 
 
 def test_sample_keys_cannot_escape_the_shard():

@@ -1,24 +1,31 @@
+import itertools
 import json
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from wamforge.config.paths import RunPaths
 from wamforge.config.schema import MixtureConfig, StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at
+from wamforge.data_pipeline.loader.shard_stream import ShardStream
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 
 
-def make_loader(cfg, stage, rank=0, world=1, batch=4, workers=0):
+BUFFER = 20_000  # bytes: a few windows of the tiny build, so the shuffle buffer is exercised
+
+
+def make_loader(cfg, stage, rank=0, world=1, batch=4, workers=0, buffer=BUFFER):
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     stats = json.loads((RunPaths.of(cfg).data / "stats.json").read_text())
     collator = Collator(Normalizer(stats, registry), registry, {"sim": 0, "web": 1}, horizon=4,
                         max_action_dim=8, max_proprio_dim=8)
-    return MixtureLoader(RunPaths.of(cfg).data, stage, collator, rank, world, batch, seed=7, workers=workers)
+    return MixtureLoader(RunPaths.of(cfg).data, stage, collator, rank, world, batch, seed=7, workers=workers,
+                         shuffle_buffer_bytes=buffer)
 
 
 def take(loader, n):
@@ -77,7 +84,7 @@ def test_action_free_samples_are_masked(built):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ranks_and_workers_read_disjoint_samples(built, workers):
     cfg, _ = built
-    keys = [[k for b in take(make_loader(cfg, stage({"sim": 1.0}), rank=r, world=2, workers=workers), 6)
+    keys = [[k for b in take(make_loader(cfg, stage({"sim": 1.0}), rank=r, world=2, workers=workers, buffer=0), 6)
              for k in b.keys] for r in range(2)]
     for rank_keys in keys:  # within an epoch (48 sim windows) no sample comes twice
         assert len(set(rank_keys)) == len(rank_keys)
@@ -93,18 +100,89 @@ def test_resume_continues_the_exact_sample_sequence(built, workers):
     part = [b.keys for b in take(first, 11)]
     state = json.loads(json.dumps(first.state_dict()))  # through JSON, as in a checkpoint
     second = make_loader(cfg, st, workers=workers)
-    second.load_state_dict(state)
+    second.load_state_dict([state])
     rest = [b.keys for b in take(second, 19)]
     assert part + rest == whole
 
 
-def test_resume_refuses_a_different_worker_count(built):
+def sim_shards(cfg):
+    data = RunPaths.of(cfg).data
+    manifest = json.loads((data / "manifest.json").read_text())
+    return [data / shard for shard in manifest["sources"]["sim"]["shards"]]
+
+
+def source_keys(cfg):
+    return [s["__key__"] for shard in sim_shards(cfg) for s in wds.WebDataset(str(shard), shardshuffle=False)]
+
+
+def remainder_keys(cfg, lane_state, consumer, consumers):
+    """What one new consumer serves before its next pass starts."""
+    stream = ShardStream(sim_shards(cfg), consumer, consumers, seed=0)
+    stream.load_state_dict(lane_state["streams"]["sim"])
+    keys = []
+    for _, sample in stream._cursor():
+        if stream.state.remainder is None:
+            return keys
+        keys.append(sample["__key__"])
+
+
+@pytest.mark.parametrize("world, workers", [(1, 0), (3, 1), (1, 3)])
+def test_resume_on_another_layout_serves_the_rest_of_the_pass_once(built, world, workers):
+    """2 ranks x 2 shuffling workers stop mid-pass; the new layout serves exactly what they had left."""
     cfg, _ = built
     st = stage({"sim": 1.0})
-    first = make_loader(cfg, st, workers=2)
-    take(first, 3)
-    with pytest.raises(ValueError, match="loader_workers=2"):
-        make_loader(cfg, st, workers=1).load_state_dict(first.state_dict())
+    old = [make_loader(cfg, st, rank=r, world=2, workers=2) for r in range(2)]
+    consumed = [k for loader in old for b in take(loader, 3) for k in b.keys]
+    states = json.loads(json.dumps([loader.state_dict() for loader in old]))
+    assert len(set(consumed)) == len(consumed)
+
+    lanes = max(1, workers)
+    served = []
+    for rank in range(world):
+        new = make_loader(cfg, st, rank=rank, world=world, workers=workers)
+        new.load_state_dict(states)
+        assert new.step == 3
+        for lane, state in new.lane_states.items():
+            served += remainder_keys(cfg, state, rank * lanes + lane, world * lanes)
+    assert len(served) == len(set(served))
+    assert sorted(served) == sorted(set(source_keys(cfg)) - set(consumed))
+
+
+def test_resume_on_one_rank_continues_the_loader_end_to_end(built):
+    cfg, _ = built
+    st = stage({"sim": 1.0})
+    old = [make_loader(cfg, st, rank=r, world=2, workers=2) for r in range(2)]
+    consumed = [k for loader in old for b in take(loader, 2) for k in b.keys]
+    new = make_loader(cfg, st, workers=0, buffer=0)  # no buffer: the remainder comes out first, in order
+    new.load_state_dict([loader.state_dict() for loader in old])
+    left = set(source_keys(cfg)) - set(consumed)
+    served = [k for b in take(new, -(-len(left) // 4)) for k in b.keys][: len(left)]
+    assert sorted(served) == sorted(left)
+
+
+def test_shuffle_buffer_reorders_and_holds_the_rest(built):
+    cfg, _ = built
+    shards, n = sim_shards(cfg), 12
+    plain = ShardStream(shards, 0, 1, seed=3)
+    shuffled = ShardStream(shards, 0, 1, seed=3, buffer_bytes=BUFFER)
+    served = [s["__key__"] for s in itertools.islice(iter(shuffled), n)]
+    buffered = len(shuffled.state_dict()["buffer"])
+    read = [s["__key__"] for s in itertools.islice(iter(plain), n + buffered)]
+    assert buffered > 0 and served != read[:n]
+    assert len(set(served)) == n and set(served) <= set(read)  # the other `buffered` wait in the buffer
+    # and the saved buffer (locations, not bytes) restores the exact continuation
+    again = ShardStream(shards, 0, 1, seed=3, buffer_bytes=BUFFER)
+    again.load_state_dict(json.loads(json.dumps(shuffled.state_dict())))
+    more = [s["__key__"] for s in itertools.islice(iter(again), 8)]
+    reference = ShardStream(shards, 0, 1, seed=3, buffer_bytes=BUFFER)
+    assert [s["__key__"] for s in itertools.islice(iter(reference), n + 8)] == served + more
+
+
+def test_step_curriculum_holds_each_breakpoint():
+    mix = MixtureConfig(weights={"a": 1}, interpolation="step", curriculum=[
+        {"step": 0, "weights": {"a": 1.0, "b": 0.0}}, {"step": 100, "weights": {"a": 0.0, "b": 1.0}}])
+    assert weights_at(mix, 0) == weights_at(mix, 99) == {"a": 1.0}
+    assert weights_at(mix, 100) == {"b": 1.0}
 
 
 def test_quantile_normalization_maps_q01_q99_to_unit_range():

@@ -35,6 +35,7 @@ def make_batch(size: int = 2, has_actions: bool = True, seed: int = 0) -> Batch:
     action_mask[:, :, :4] = has_actions  # a 4-dof embodiment padded to A_MAX
     return Batch(
         video=torch.rand(size, CLIP, 1, 3, *RES, generator=g) * 2 - 1,
+        video_pad=torch.zeros(size, CLIP, dtype=torch.bool), latents=None,
         actions=torch.randn(size, HORIZON, A_MAX, generator=g) * action_mask,
         action_mask=action_mask,
         has_actions=torch.full((size,), has_actions),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,9 +80,11 @@ def test_stage_handoff_and_frozen_trunk(trained):
     assert any(not torch.equal(final[k], align[k]) for k in expert)  # trained in finetune_action
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
-    _, reference = trained
-    path, cfg = run_config(tmp_path, built[0])
+@pytest.fixture(scope="session")
+def killed(built, tmp_path_factory):
+    """A run killed mid align_embodiment, and a pristine copy of it for a resume on another layout."""
+    root = tmp_path_factory.mktemp("killed")
+    path, cfg = run_config(root, built[0])
     paths = RunPaths.of(cfg)
     proc = wamforge("train", path, start_new_session=True)
     latest = paths.checkpoints("align_embodiment") / "latest"
@@ -94,13 +97,15 @@ def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-stage
     proc.wait()
     assert not paths.final_weights("align_embodiment").exists()
+    shutil.copytree(root / "runs", root / "copy" / "runs")
+    return path, cfg, root / "copy"
 
+
+def test_kill_and_resume_matches_an_uninterrupted_run(trained, killed):
+    _, reference = trained
+    path, cfg, _ = killed
+    paths = RunPaths.of(cfg)
     assert wamforge("train", path).wait(timeout=600) != 0  # refuses to silently restart
-    other_world = wamforge("train", path, "--resume", "--set", "training.world_size=1",
-                           stderr=subprocess.PIPE, text=True)
-    _, err = other_world.communicate(timeout=600)
-    assert other_world.returncode != 0 and "resume with training.world_size=2" in err
-    assert "Traceback" not in err
     assert wamforge("train", path, "--resume").wait(timeout=600) == 0
 
     ref = RunPaths.of(reference)
@@ -112,6 +117,24 @@ def test_kill_and_resume_matches_an_uninterrupted_run(trained, built, tmp_path):
     a = load_file(str(paths.final_weights("finetune_action")))
     b = load_file(str(ref.final_weights("finetune_action")))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_resume_on_fewer_ranks_repeats_no_sample(killed, built):
+    """The killed 2-rank run continues on one rank: ZeRO re-cuts its partitions, the loader re-deals the pass."""
+    _, _, copy = killed
+    path, cfg = run_config(copy, built[0])
+    ckpts = RunPaths.of(cfg).checkpoints("align_embodiment")
+    resumed_at = int((ckpts / "latest").read_text().split("-")[1])
+    proc = wamforge("train", path, "--resume", "--set", "training.world_size=1", stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    stage_dir = RunPaths.of(cfg).stage("align_embodiment")
+    rank0 = read_jsonl(stage_dir / "samples.rank0.jsonl")
+    before = [k for r in read_jsonl(stage_dir / "samples.rank1.jsonl") if r["step"] <= resumed_at for k in r["keys"]]
+    keys = before + [k for r in rank0 for k in r["keys"]]
+    assert len(keys) == len(set(keys))  # the tiny stage stays within one pass of each source
+    assert [r["step"] for r in rank0] == list(range(1, cfg.stages[1].steps + 1))
+    assert RunPaths.of(cfg).final_weights("finetune_action").exists()
 
 
 def test_export_load_policy_act_in_raw_units(trained, tmp_path):

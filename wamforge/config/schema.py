@@ -47,7 +47,15 @@ class SourceConfig(Strict):
 class DataConfig(Strict):
     out_dir: str | None = None  # default: <run_dir>/data
     clip_frames: int = Field(9, ge=1)
-    clip_stride: int = Field(4, ge=1)
+    clip_stride: int = Field(4, ge=1)  # control steps between the current frames of neighbouring windows
+    # multi-rate windows: video frames every frame_stride control steps, actions at every step
+    frame_stride: int = Field(1, ge=1)
+    # past context: video frames before the current one (clean conditioning, a multiple of the VAE's
+    # temporal stride 4); at an episode's start they repeat its first frame and are marked as padding
+    context_frames: int = Field(0, ge=0)
+    action_frames: int = Field(32, ge=1)  # action/proprio rows stored from the current frame on (>= horizon)
+    # store each window's video latents, keyed by the model's VAE (encoder@version); training then skips decode+encode
+    cache_latents: bool = False
     resolution: tuple[int, int] = (64, 64)
     fps: float = Field(10.0, gt=0)
     episodes_per_shard: int = Field(4, ge=1)  # one shard per group: the unit of parallel build work
@@ -60,6 +68,13 @@ class DataConfig(Strict):
         if (t - 1) % 4:
             raise ValueError(f"clip_frames must be 1 + 4k to match the video VAE's temporal stride; got {t}")
         return t
+
+    @model_validator(mode="after")
+    def _context_fits(self):
+        if self.context_frames % 4 or self.context_frames >= self.clip_frames - 1:
+            raise ValueError(f"context_frames must be a multiple of 4 below clip_frames - 1 = {self.clip_frames - 1} "
+                             f"(whole latent frames of context, at least one future latent); got {self.context_frames}")
+        return self
 
 
 # ----------------------------------------------------------------------------- model
@@ -176,7 +191,9 @@ class CurriculumPoint(Strict):
 
 class MixtureConfig(Strict):
     weights: Weights
-    curriculum: list[CurriculumPoint] = []  # piecewise-linear over the stage's steps
+    curriculum: list[CurriculumPoint] = []  # breakpoints over the stage's steps
+    # linear: weights ramp between breakpoints; step: each breakpoint's weights hold until the next
+    interpolation: Literal["linear", "step"] = "linear"
     # "size": each source's weight is also multiplied by its number of built samples
     balance: Literal["weights", "size"] = "weights"
 
@@ -219,6 +236,8 @@ class TrainingConfig(Strict):
     checkpoint_every: int = Field(20, ge=1)
     loader_workers: int = Field(1, ge=0)  # decode processes per rank; 0 decodes in the trainer
     prefetch_batches: int = Field(2, ge=1)  # per loader worker
+    # per source and loader worker; 0 serves samples in shard order (memory is bounded by bytes, not samples)
+    shuffle_buffer_mb: float = Field(8.0, ge=0)
     loader_stall_timeout_s: float = Field(600.0, gt=0)  # a worker silent this long is named and stopped
     threads_per_rank: int = Field(1, ge=1)
 
@@ -261,8 +280,9 @@ class ExperimentConfig(Strict):
                 if unknown:
                     raise ValueError(f"stage '{stage.name}' mixes unknown sources {sorted(unknown)}; "
                                      f"known: {sorted(self.data.sources)}")
-        if self.model.action_expert.horizon > self.data.clip_frames:
-            raise ValueError("model.action_expert.horizon cannot exceed data.clip_frames")
+        if self.model.action_expert.horizon > self.data.action_frames:
+            raise ValueError(f"model.action_expert.horizon {self.model.action_expert.horizon} exceeds the "
+                             f"{self.data.action_frames} action rows a window stores; raise data.action_frames")
         if self.stages and self.stages[0].init_from == "previous":
             self.stages[0].init_from = None
         return self

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: windows have a current frame; action rows start there
 KINDS = ("internet", "egocentric", "teleop", "sim", "synthetic")
 
 
@@ -57,11 +57,13 @@ def sample_key(source: str, episode: str, start: int) -> str:
 @dataclass
 class Batch:
     """What the model sees: padded to fixed maxima, with masks saying what is real."""
-    video: torch.Tensor  # float [B, T, V, 3, H, W] in [-1, 1]
-    actions: torch.Tensor  # float [B, H, A_max], normalized
-    action_mask: torch.Tensor  # bool [B, H, A_max]
+    video: torch.Tensor | None  # float [B, T, V, 3, H, W] in [-1, 1]; None when latents are served
+    latents: torch.Tensor | None  # float [B, C, F, h, w] from the shard's latent cache, else None
+    video_pad: torch.Tensor  # bool [B, T]: context frames before the episode's start (copies of its first)
+    actions: torch.Tensor  # float [B, H, A_max], normalized, from the current frame on
+    action_mask: torch.Tensor  # bool [B, H, A_max]; all-false rows are padding past the episode's end
     has_actions: torch.Tensor  # bool [B]
-    proprio: torch.Tensor  # float [B, P_max], normalized, at the window's first frame
+    proprio: torch.Tensor  # float [B, P_max], normalized, at the current frame
     proprio_mask: torch.Tensor  # bool [B, P_max]
     embodiment_id: torch.Tensor  # long [B]
     source_id: torch.Tensor  # long [B]

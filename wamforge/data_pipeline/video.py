@@ -9,6 +9,7 @@ from functools import lru_cache
 
 import av
 import numpy as np
+import torch
 
 
 class VideoDecodeError(ValueError):
@@ -25,6 +26,11 @@ def untile_views(frames: np.ndarray, views: int) -> np.ndarray:
     """[T, H, V*W, 3] -> [T, V, H, W, 3]"""
     t, h, vw, c = frames.shape
     return frames.reshape(t, h, views, vw // views, c).transpose(0, 2, 1, 3, 4)
+
+
+def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, V, H, W, 3] -> float [T, V, 3, H, W] in [-1, 1]"""
+    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
@@ -44,17 +50,22 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
 
 
 def decode_mp4(data: bytes) -> np.ndarray:
-    """mp4 bytes -> uint8 [T, H, W, 3]; raises VideoDecodeError with the reason."""
+    """mp4 bytes -> uint8 [T, H, W, 3]; raises VideoDecodeError with the reason.
+
+    decord first (fastest); PyAV where decord is missing or refuses a stream it cannot copy out
+    (e.g. frames narrower than its row alignment)."""
+    decord = _decord()
     try:
-        decord = _decord()
-        if decord is not None:
-            reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-            frames = reader.get_batch(list(range(len(reader)))).asnumpy()
-        else:
+        if decord is None:
+            raise RuntimeError("decord is not installed")
+        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+    except Exception:
+        try:
             with av.open(io.BytesIO(data)) as container:
                 frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-    except Exception as err:  # decoders raise many types for corrupt input
-        raise VideoDecodeError(f"video could not be decoded ({type(err).__name__}: {err})") from None
+        except Exception as err:  # decoders raise many types for corrupt input
+            raise VideoDecodeError(f"video could not be decoded ({type(err).__name__}: {err})") from None
     if frames.ndim != 4 or len(frames) == 0:
         raise VideoDecodeError("video holds no frames")
     return frames

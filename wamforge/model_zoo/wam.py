@@ -2,8 +2,9 @@
 
 Both the video and the actions use rectified flow in Wan's convention:
     x_t = (1 - t) * x0 + t * noise,   target velocity v = noise - x0,   t in [0, 1].
-The current observation is the first latent frame; it is always clean (timestep 0 on its tokens,
-as in Wan2.2 TI2V) and only the future latent frames are noised and scored.
+The current observation (with any past context frames before it) makes the first latent frames;
+they are always clean (timestep 0 on their tokens, as in Wan2.2 TI2V) and only the future latent
+frames are noised and scored.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from wamforge.data_pipeline.schema import Batch
 from wamforge.model_zoo.heads import ActionExpert, EmbodimentBank
 from wamforge.model_zoo.text_encoder import ByteTextEncoder
 from wamforge.model_zoo.trunks import WanDiT
-from wamforge.model_zoo.vae import PatchifyVAE
+from wamforge.model_zoo.vae import encode_views, make_vae
 
 NUM_TRAIN_TIMESTEPS = 1000  # the DiT and the expert take t * 1000, Wan's timestep scale
 PURE_NOISE_PROB = 0.25  # joint objective: share of samples whose future video is pure noise
@@ -35,7 +36,7 @@ def frozen_text_encoder(cfg: TextConfig) -> nn.Module:
 
 class WorldActionModel(nn.Module):
     def __init__(self, cfg: ModelConfig, num_embodiments: int, clip_frames: int,
-                 resolution: tuple[int, int], views: int = 1):
+                 resolution: tuple[int, int], views: int = 1, context_frames: int = 0):
         super().__init__()
         trunk = cfg.trunk
         if trunk.patch[0] != 1:
@@ -49,8 +50,9 @@ class WorldActionModel(nn.Module):
         self.flow_shift = cfg.flow_shift
         self.horizon = cfg.action_expert.horizon
 
-        self.vae = PatchifyVAE(cfg.vae.spatial, cfg.vae.temporal)
+        self.vae = make_vae(cfg.vae)
         self.latent_frames = self.vae.latent_frames(clip_frames)
+        self.clean_latents = self.vae.latent_frames(context_frames + 1)  # context + current frame
         if cfg.text.encoder == "t5":
             # frozen and outside the module tree: never trained, sharded, cast or checkpointed
             self.__dict__["frozen_text_encoder"] = frozen_text_encoder(cfg.text)
@@ -63,14 +65,18 @@ class WorldActionModel(nn.Module):
         self.embodiments = EmbodimentBank(num_embodiments, cfg.max_action_dim, cfg.max_proprio_dim,
                                           cfg.action_expert.dim)
 
+    @classmethod
+    def for_experiment(cls, cfg, num_embodiments: int) -> "WorldActionModel":
+        """The model an experiment config (its model and data sections) describes."""
+        return cls(cfg.model, num_embodiments, clip_frames=cfg.data.clip_frames,
+                   resolution=tuple(cfg.data.resolution), context_frames=cfg.data.context_frames)
+
     def param_count(self) -> dict[str, int]:
         counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
         return {**counts, "total": sum(counts.values())}
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """[B, T, V, 3, H, W] -> latents [B, C, F, h, w]; the views are tiled side by side along width."""
-        b, t, v, c, h, w = video.shape
-        return self.vae.encode(video.permute(0, 1, 3, 4, 2, 5).reshape(b, t, c, h, v * w))
+        return encode_views(self.vae, video)
 
     def _sample_time(self, batch: int, device) -> torch.Tensor:
         # Wan's shifted schedule: shift > 1 spends more steps at high noise
@@ -79,10 +85,10 @@ class WorldActionModel(nn.Module):
 
     def _run_trunk(self, latents: torch.Tensor, future_t: torch.Tensor, text: list[str],
                    tap_layer: int | None, stop_at_tap: bool):
-        """Per-token timesteps: 0 on the current frame's tokens, future_t [B] on all later ones."""
+        """Per-token timesteps: 0 on the context and current frames' tokens, future_t [B] on the rest."""
         frames, height, width = latents.shape[2:]
         frame_t = future_t[:, None].repeat(1, frames)
-        frame_t[:, 0] = 0.0
+        frame_t[:, : self.clean_latents] = 0.0
         tokens_per_frame = (height // self.trunk.patch_size[1]) * (width // self.trunk.patch_size[2])
         timestep = frame_t.repeat_interleave(tokens_per_frame, dim=1) * NUM_TRAIN_TIMESTEPS
         text_emb, text_mask = self.encode_text(text, latents.device)
@@ -126,7 +132,7 @@ class WorldActionModel(nn.Module):
         "action" (future video is pure noise, trunk run only to the tap, action loss only)."""
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective '{objective}'; expected one of {OBJECTIVES}")
-        x0 = self.encode_video(batch.video)
+        x0 = batch.latents if batch.latents is not None else self.encode_video(batch.video)
         batch_size = len(x0)
         if objective == "action":
             future_t = torch.ones(batch_size, device=x0.device)
@@ -136,16 +142,18 @@ class WorldActionModel(nn.Module):
             pure_noise = torch.rand(batch_size, device=x0.device) < PURE_NOISE_PROB
             future_t = torch.where(pure_noise, 1.0, future_t)
 
-        noise = torch.randn_like(x0)
+        # not randn_like: noise must not depend on whether x0 came strided from the VAE or contiguous from a cache
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype)
         t = future_t[:, None, None, None, None]
-        x_t = torch.cat([x0[:, :, :1], ((1 - t) * x0[:, :, 1:] + t * noise[:, :, 1:]).to(x0.dtype)], dim=2)
+        c = self.clean_latents
+        x_t = torch.cat([x0[:, :, :c], ((1 - t) * x0[:, :, c:] + t * noise[:, :, c:]).to(x0.dtype)], dim=2)
         prediction, features = self._run_trunk(
             x_t, future_t, batch.text, tap_layer=None if objective == "video" else self.tap_layer,
             stop_at_tap=objective == "action")
 
         zero = torch.zeros((), device=x0.device)
         video_loss = zero if prediction is None else F.mse_loss(
-            prediction[:, :, 1:].float(), (noise - x0)[:, :, 1:].float())
+            prediction[:, :, c:].float(), (noise - x0)[:, :, c:].float())
         action_loss = zero if features is None else self._action_loss(batch, features)
         weights = {"video": 1.0, "action": 1.0, **loss_weights}
         total = weights["video"] * video_loss + weights["action"] * action_loss
@@ -156,7 +164,7 @@ class WorldActionModel(nn.Module):
                        embodiment_id: torch.Tensor, text: list[str], steps: int = 8,
                        generator: torch.Generator | None = None,
                        action_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Current frame [B, 1, V, 3, H, W] -> normalized action chunk [B, H, A_max].
+        """Context and current frames [B, 1 + context_frames, V, 3, H, W] -> normalized action chunk [B, H, A_max].
 
         The trunk runs once, to the tap, on the clean frame plus pure-noise future frames; the
         expert then integrates its flow from t = 1 to 0 over the cached features. action_mask
@@ -164,7 +172,7 @@ class WorldActionModel(nn.Module):
         """
         current = self.encode_video(video)
         batch, channels, _, height, width = current.shape
-        future = torch.randn((batch, channels, self.latent_frames - 1, height, width), generator=generator,
+        future = torch.randn((batch, channels, self.latent_frames - current.shape[2], height, width), generator=generator,
                              device=current.device).to(current.dtype)
         ones = torch.ones(batch, device=current.device)
         _, features = self._run_trunk(torch.cat([current, future], dim=2), ones, text,

@@ -37,21 +37,30 @@ def latest(root: Path) -> Path | None:
     return step_dir if (step_dir / "trainer_state.json").exists() else None
 
 
-def restore(engine, step_dir: Path, rank: int, world_size: int) -> tuple[dict, dict]:
-    """Load weights/optimizer/scheduler, RNG; return (trainer_state, this rank's loader state)."""
+def restore(engine, step_dir: Path, rank: int, world_size: int) -> tuple[dict, list[dict]]:
+    """Load the checkpoint into `engine`; return (trainer_state, the loader state of every rank that
+    wrote it). On the same number of ranks everything is restored exactly: weights, optimizer,
+    scheduler, RNG. On another number the weights, LR schedule and data position carry over, while
+    ZeRO's optimizer partitions (cut for the old ranks) cannot: AdamW's moments restart from zero."""
     trainer_state = json.loads((step_dir / "trainer_state.json").read_text())
-    if trainer_state["world_size"] != world_size:
-        raise ValueError(f"{step_dir} was written by {trainer_state['world_size']} ranks; resume with "
-                         f"training.world_size={trainer_state['world_size']} to keep its exact sample order")
-    load_path, _ = engine.load_checkpoint(str(step_dir.parent), tag=step_dir.name,
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+    same_world = trainer_state["world_size"] == world_size
+    load_path, _ = engine.load_checkpoint(str(step_dir.parent), tag=step_dir.name, load_module_only=not same_world,
+                                          load_optimizer_states=same_world, load_lr_scheduler_states=same_world)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {step_dir}")
-    rng = load_file(str(step_dir / f"rng.rank{rank}.safetensors"))
-    torch.set_rng_state(rng["cpu"])
-    if torch.cuda.is_available() and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"])
-    return trainer_state, json.loads((step_dir / f"loader.rank{rank}.json").read_text())
+    if same_world:
+        rng = load_file(str(step_dir / f"rng.rank{rank}.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        if torch.cuda.is_available() and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+    else:
+        engine.optimizer.refresh_fp32_params()  # the optimizer's master weights from the loaded module
+        for _ in range(trainer_state["step"]):
+            engine.lr_scheduler.step()
+        torch.manual_seed(trainer_state["step"] * 1_000_003 + rank)  # a fresh noise stream per new rank
+    loader_states = [json.loads((step_dir / f"loader.rank{r}.json").read_text())
+                     for r in range(trainer_state["world_size"])]
+    return trainer_state, loader_states
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:

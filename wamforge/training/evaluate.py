@@ -24,7 +24,10 @@ from wamforge.data_pipeline.sources import metaworld_env as mw
 
 class ChunkPolicy(Protocol):
     def act(self, observation: dict, instruction: str) -> np.ndarray:
-        """observation = {"image": uint8 [V, H, W, 3], "proprio": float32 [P]} -> actions [H, A], raw units."""
+        """observation = {"image": uint8 [V, H, W, 3], "proprio": float32 [P]} -> actions [H, A], raw units.
+
+        A policy with past context also has reset() (episode start), observe(observation) (a step
+        it does not act on) and needs_history."""
 
 
 class _Expert:
@@ -53,8 +56,12 @@ class _Chunked:
     def start(self, env, task: str, seed: int) -> None:
         self.instruction = mw.instruction(task)
         self.queue: deque[np.ndarray] = deque()
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()
 
     def action(self, env, obs: np.ndarray) -> np.ndarray:
+        if self.queue and getattr(self.policy, "needs_history", False):
+            self.policy.observe({"image": mw.render(env)[None]})  # past context for the next chunk
         if not self.queue:
             observation = {"image": mw.render(env)[None], "proprio": mw.proprio(obs)}
             start = time.perf_counter()

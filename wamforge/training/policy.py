@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from wamforge.config import validate
-from wamforge.data_pipeline.loader.collate import Normalizer, stats_hash, video_to_tensor
-from wamforge.data_pipeline.video import resize_center_crop
+from wamforge.data_pipeline.loader.collate import Normalizer, stats_hash
+from wamforge.data_pipeline.video import resize_center_crop, video_to_tensor
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.wam import WorldActionModel
 
@@ -23,6 +24,22 @@ class Policy:
         self.device, self.flow_steps = device, flow_steps
         self.resolution = tuple(cfg.data.resolution)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        # past context as in training: every frame_stride-th step back from the current frame
+        self.context, self.stride = cfg.data.context_frames, cfg.data.frame_stride
+        self.history: deque[np.ndarray] = deque(maxlen=self.context * self.stride + 1)
+
+    @property
+    def needs_history(self) -> bool:
+        return self.context > 0
+
+    def reset(self) -> None:
+        """Call at each episode's start: its past context begins empty (padded with its first frame)."""
+        self.history.clear()
+
+    def observe(self, observation: dict) -> None:
+        """Record a step's camera image without acting, so later chunks see it as past context."""
+        image = np.asarray(observation["image"], dtype=np.uint8)
+        self.history.append(resize_center_crop(image[None] if image.ndim == 3 else image, self.resolution))
 
     @property
     def horizon(self) -> int:
@@ -32,11 +49,11 @@ class Policy:
     def act(self, observation: dict, instruction: str, embodiment: str | None = None) -> np.ndarray:
         """observation = {"image": uint8 [V,H,W,3] or [H,W,3], "proprio": float [P]} -> [H, A] raw units."""
         emb = self.registry[embodiment or self.cfg.eval.embodiment]
-        image = np.asarray(observation["image"], dtype=np.uint8)
-        if image.ndim == 3:
-            image = image[None]
-        image = resize_center_crop(image, self.resolution)
-        video = video_to_tensor(image[None]).unsqueeze(0).to(self.device)  # [1, 1, V, 3, H, W]
+        self.observe(observation)
+        last = len(self.history) - 1
+        frames = np.stack([self.history[max(0, last - (self.context - i) * self.stride)]
+                           for i in range(self.context + 1)])
+        video = video_to_tensor(frames).unsqueeze(0).to(self.device)  # [1, 1 + context, V, 3, H, W]
         p_max = self.cfg.model.max_proprio_dim
         proprio = np.zeros(p_max, np.float32)
         proprio_mask = np.zeros(p_max, bool)
@@ -65,7 +82,6 @@ def load_policy(directory: str | Path, device: str | None = None, flow_steps: in
         raise ValueError(f"{directory / 'stats.json'} is not the statistics this policy was trained with "
                          f"(hash {stats_hash(stats)}, expected {meta['stats_hash']}); re-export the run")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = WorldActionModel(cfg.model, num_embodiments=len(registry), clip_frames=cfg.data.clip_frames,
-                             resolution=tuple(cfg.data.resolution))
+    model = WorldActionModel.for_experiment(cfg, len(registry))
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     return Policy(model.to(dev), cfg, registry, stats, dev, flow_steps or cfg.eval.flow_steps)

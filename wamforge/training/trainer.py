@@ -19,6 +19,7 @@ from wamforge.config.schema import ExperimentConfig, StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.model_zoo.vae import make_vae
 from wamforge.model_zoo.wam import WorldActionModel
 from wamforge.training import checkpoint
 from wamforge.training.distributed import DistEnv, barrier, init, max_across_ranks, mean_across_ranks, read_env
@@ -31,11 +32,6 @@ class RunExistsError(RuntimeError):
     pass
 
 
-def build_model(cfg: ExperimentConfig, registry: EmbodimentRegistry) -> WorldActionModel:
-    return WorldActionModel(cfg.model, num_embodiments=len(registry), clip_frames=cfg.data.clip_frames,
-                            resolution=tuple(cfg.data.resolution))
-
-
 def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> list[dict]:
     dist = read_env()
     device = init(dist)
@@ -46,7 +42,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     collator = Collator(Normalizer(stats, registry, cfg.model.normalization), registry,
                         source_ids={n: i for i, n in enumerate(cfg.data.sources)},
                         horizon=cfg.model.action_expert.horizon, max_action_dim=cfg.model.max_action_dim,
-                        max_proprio_dim=cfg.model.max_proprio_dim)
+                        max_proprio_dim=cfg.model.max_proprio_dim, latents=make_vae(cfg.model.vae).cache_id)
     console = Console(stderr=True)
     summaries = []
     for index, stage in enumerate(cfg.stages):
@@ -75,7 +71,7 @@ class StageRunner:
                                  f"or --overwrite to start the stage again")
 
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        model = build_model(self.cfg, self.registry)
+        model = WorldActionModel.for_experiment(self.cfg, len(self.registry))
         report = load_initial_weights(model, self.stage, self.cfg, self.paths)
         engine = build_engine(model, self.stage, self.cfg.training, self.dist.world_size)
         loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.dist.rank,
@@ -83,19 +79,24 @@ class StageRunner:
                                seed=self.cfg.seed * 1000 + self.index, workers=self.cfg.training.loader_workers,
                                prefetch=self.cfg.training.prefetch_batches,
                                stall_timeout_s=self.cfg.training.loader_stall_timeout_s,
+                               shuffle_buffer_bytes=int(self.cfg.training.shuffle_buffer_mb * 2**20),
                                accumulation=self.cfg.training.grad_accumulation)
 
         start = 0
         latest = checkpoint.latest(self.ckpt_root) if resume else None
         if latest is not None:
-            trainer_state, loader_state = checkpoint.restore(engine, latest, self.dist.rank,
+            trainer_state, loader_states = checkpoint.restore(engine, latest, self.dist.rank,
                                                              self.dist.world_size)
             if trainer_state["stats_hash"] != self.collator.normalizer.stats_hash:
                 raise ValueError(f"{latest} was trained with other data statistics than {self.paths.data}/stats.json "
                                  f"now holds; resume on the dataset it was trained on, or start the stage again")
-            loader.load_state_dict(loader_state)
+            loader.load_state_dict(loader_states)
             start = trainer_state["step"]
             self._say(f"{self.stage.name}: resumed from {latest}")
+            if trainer_state["world_size"] != self.dist.world_size:
+                self._say(f"[yellow]{self.stage.name}: the checkpoint was written by {trainer_state['world_size']} "
+                          f"ranks; on {self.dist.world_size} the loader re-deals the rest of the current pass "
+                          f"and AdamW's moments restart[/]")
         else:
             # a distinct noise stream per rank and stage
             torch.manual_seed(self.cfg.seed * 7919 + self.dist.rank * 104729 + self.index)

@@ -20,12 +20,15 @@ from wamforge.data_pipeline.build.shard_writer import write_shard
 from wamforge.data_pipeline.schema import SCHEMA_VERSION
 from wamforge.data_pipeline.sources import make_source
 from wamforge.data_pipeline.stats import merge_partials
+from wamforge.model_zoo.vae import make_vae
 
 def build_dataset(cfg: ExperimentConfig, ray_address: str | None = None, force: bool = False,
                   console: Console | None = None) -> dict:
     console = console or Console()
     out = RunPaths.of(cfg).data
-    build_hash = config_hash(cfg.data)
+    build_hash = f"{config_hash(cfg.data)}-v{SCHEMA_VERSION}"  # a new sample layout rebuilds too
+    if cfg.data.cache_latents:
+        build_hash += f"-{make_vae(cfg.model.vae).cache_id}"
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())
@@ -56,7 +59,7 @@ def _plan(cfg: ExperimentConfig, shard_dir: Path) -> tuple[list[dict], dict]:
         per_shard = cfg.data.episodes_per_shard
         for i in range(0, len(specs), per_shard):
             jobs.append({"source": name, "source_cfg": source_cfg.model_dump(mode="json"),
-                         "data": cfg.data.model_dump(mode="json"),
+                         "data": cfg.data.model_dump(mode="json"), "vae": cfg.model.vae.model_dump(mode="json"),
                          "path": str(shard_dir / f"{name}-{i // per_shard:05d}.tar"),
                          "specs": specs[i:i + per_shard]})
     return jobs, provenance
@@ -99,6 +102,9 @@ def _write_outputs(cfg, out: Path, build_hash: str, summaries: list[dict], prove
         "name": cfg.name, "schema_version": SCHEMA_VERSION, "build_config_hash": build_hash,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds": round(seconds, 1),
         "clip_frames": cfg.data.clip_frames, "clip_stride": cfg.data.clip_stride,
+        "frame_stride": cfg.data.frame_stride, "context_frames": cfg.data.context_frames,
+        "action_frames": cfg.data.action_frames,
+        "latents": make_vae(cfg.model.vae).cache_id if cfg.data.cache_latents else None,
         "resolution": list(cfg.data.resolution), "fps": cfg.data.fps,
         "shards": [{"source": s["source"], "path": f"shards/{s['path']}", "samples": s["samples"],
                     "episodes": s["episodes"], "bytes": s["bytes"]} for s in summaries],

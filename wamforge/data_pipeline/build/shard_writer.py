@@ -12,13 +12,15 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.schema import DataConfig, SourceConfig, VAEConfig
 from wamforge.data_pipeline.schema import SCHEMA_VERSION, Episode, sample_key
 from wamforge.data_pipeline.sources import make_source
 from wamforge.data_pipeline.stats import RunningStats
-from wamforge.data_pipeline.video import encode_mp4, tile_views
+from wamforge.data_pipeline.video import decode_mp4, encode_mp4, tile_views, untile_views, video_to_tensor
+from wamforge.model_zoo.vae import encode_views, make_vae
 
 
 def write_shard(task: dict) -> dict:
@@ -27,6 +29,7 @@ def write_shard(task: dict) -> dict:
     data = DataConfig.model_validate(job["data"])
     source_cfg = SourceConfig.model_validate(job["source_cfg"])
     source = make_source(job["source"], source_cfg, data)
+    vae = make_vae(VAEConfig.model_validate(job["vae"])) if data.cache_latents else None
     path = Path(job["path"])
     tmp = path.with_name(path.name + ".tmp")
 
@@ -39,14 +42,17 @@ def write_shard(task: dict) -> dict:
                 episode.validate()
                 windows = list(clip_windows(episode, data))
                 if not windows:
-                    raise ValueError(f"episode has {len(episode.frames)} frames, fewer than "
-                                     f"clip_frames={data.clip_frames}")
+                    raise ValueError(f"episode has {len(episode.frames)} frames, fewer than the "
+                                     f"{(data.clip_frames - 1) * data.frame_stride + 1} a window spans "
+                                     f"(clip_frames={data.clip_frames}, frame_stride={data.frame_stride})")
             except Exception as err:  # every failure is recorded, never fatal to the build
                 quarantine.append({"source": job["source"], "spec": spec,
                                    "reason": f"{type(err).__name__}: {err}",
                                    "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
                 continue
             for sample in windows:
+                if vae is not None:
+                    add_latents(sample, vae)
                 sink.write(sample)
             samples += len(windows)
             episodes += 1
@@ -58,22 +64,49 @@ def write_shard(task: dict) -> dict:
         "stats": {e: {k: s.to_partial() for k, s in f.items()} for e, f in stats.items()}})}
 
 
+def window_starts(length: int, data: DataConfig) -> list[int]:
+    """Episode index of each window's first video frame. Windows step by clip_stride; the first one's
+    current frame is the episode's first (its context is padding) and the last one ends on its last frame."""
+    span = (data.clip_frames - 1) * data.frame_stride
+    lead = data.context_frames * data.frame_stride
+    last = length - 1 - span
+    if last + lead < 0:
+        return []
+    starts = list(range(-lead, last + 1, data.clip_stride))
+    return starts if starts[-1] == last else starts + [last]
+
+
 def clip_windows(episode: Episode, data: DataConfig):
-    """Windows of T = clip_frames frames every clip_stride frames, fully inside the episode."""
-    t = data.clip_frames
-    for start in range(0, len(episode.frames) - t + 1, data.clip_stride):
+    """One sample per window: T video frames every frame_stride steps, and the action/proprio rows
+    (every step) from the window's current frame on, at most action_frames, fewer at the episode's end."""
+    length = len(episode.frames)
+    for start in window_starts(length, data):
+        frames = start + data.frame_stride * np.arange(data.clip_frames)
+        current = start + data.context_frames * data.frame_stride
+        rows = slice(current, min(length, current + data.action_frames))
         meta = {"source": episode.source, "kind": episode.kind, "embodiment": episode.embodiment,
                 "action_space": episode.action_space, "fps": episode.fps, "language": episode.language,
-                "episode": episode.episode, "start": start, "views": episode.views,
-                "episode_length": len(episode.frames), "schema_version": SCHEMA_VERSION, **episode.extra}
-        sample = {"__key__": sample_key(episode.source, episode.episode, start),
-                  "mp4": encode_mp4(tile_views(episode.frames[start:start + t]), episode.fps),
+                "episode": episode.episode, "frames": data.clip_frames, "start": start, "current": current,
+                "frame_stride": data.frame_stride, "context_frames": data.context_frames,
+                "video_pad": int((frames < 0).sum()), "views": episode.views, "episode_length": length,
+                "schema_version": SCHEMA_VERSION, **episode.extra}
+        sample = {"__key__": sample_key(episode.source, episode.episode, current),
+                  "mp4": encode_mp4(tile_views(episode.frames[np.maximum(frames, 0)]), episode.fps / data.frame_stride),
                   "json": json.dumps(meta).encode()}
         if episode.actions is not None:
-            sample["actions.npy"] = _npy(episode.actions[start:start + t])
+            sample["actions.npy"] = _npy(episode.actions[rows])
         if episode.proprio is not None:
-            sample["proprio.npy"] = _npy(episode.proprio[start:start + t])
+            sample["proprio.npy"] = _npy(episode.proprio[rows])
         yield sample
+
+
+@torch.no_grad()
+def add_latents(sample: dict, vae) -> None:
+    """The window's latents, encoded from the decoded mp4 so they equal what training would encode."""
+    views = len(json.loads(sample["json"])["views"])
+    frames = untile_views(decode_mp4(sample["mp4"]), views)
+    latents = encode_views(vae, video_to_tensor(frames)[None])[0]
+    sample[f"latents.{vae.cache_id}.npy"] = _npy(latents.numpy())
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from wamforge.data_pipeline.schema import Batch
-from wamforge.data_pipeline.video import decode_mp4, untile_views
+from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_tensor
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 
 EPS = 1e-6
@@ -60,31 +60,42 @@ def load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [T, V, H, W, 3] -> float [T, V, 3, H, W] in [-1, 1]"""
-    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)
-
-
 class Collator:
+    """`latents`: the model VAE's cache id (encoder@version); windows whose shard holds latents under
+    that id are served as latents, skipping decode and encode. A batch mixing cached and uncached
+    windows is served as pixels."""
+
     def __init__(self, normalizer: Normalizer, registry: EmbodimentRegistry, source_ids: dict[str, int],
-                 horizon: int, max_action_dim: int, max_proprio_dim: int):
+                 horizon: int, max_action_dim: int, max_proprio_dim: int, latents: str | None = None):
         self.normalizer, self.registry, self.source_ids = normalizer, registry, source_ids
         self.horizon, self.a_max, self.p_max = horizon, max_action_dim, max_proprio_dim
+        self.latent_field = f"latents.{latents}.npy" if latents else None
+
+    @staticmethod
+    def frames(item: dict) -> torch.Tensor:
+        return video_to_tensor(untile_views(decode_mp4(item["mp4"]), len(item["meta"]["views"])))
 
     def decode(self, raw: dict) -> dict:
         meta = json.loads(raw["json"])
-        frames = untile_views(decode_mp4(raw["mp4"]), len(meta["views"]))
-        item = {"key": raw["__key__"], "meta": meta, "video": video_to_tensor(frames)}
+        item = {"key": raw["__key__"], "meta": meta, "mp4": raw["mp4"], "video": None, "latents": None}
+        if self.latent_field in raw:
+            item["latents"] = torch.from_numpy(load_npy(raw[self.latent_field]))
+        else:
+            item["video"] = self.frames(item)
+        item["video_pad"] = np.arange(meta["frames"]) < meta["video_pad"]  # context before the episode's start
         emb = meta["embodiment"]
         actions = np.zeros((self.horizon, self.a_max), np.float32)
         action_mask = np.zeros((self.horizon, self.a_max), bool)
         if "actions.npy" in raw:
             chunk = load_npy(raw["actions.npy"])[: self.horizon]
+            if len(chunk) < self.horizon and meta["current"] + len(chunk) < meta["episode_length"]:
+                raise ValueError(f"the window stores {len(chunk)} action rows but the model's horizon is "
+                                 f"{self.horizon}; rebuild with data.action_frames >= {self.horizon}")
             if not np.isfinite(chunk).all():
                 raise ValueError("actions contain NaN or infinite values")
             a = chunk.shape[1]
             actions[: len(chunk), :a] = self.normalizer.normalize(emb, "actions", chunk)
-            action_mask[: len(chunk), :a] = True  # rows past the episode end stay padding
+            action_mask[: len(chunk), :a] = True  # rows past the episode's end stay padding (is_pad)
         proprio = np.zeros(self.p_max, np.float32)
         proprio_mask = np.zeros(self.p_max, bool)
         if "proprio.npy" in raw:
@@ -96,8 +107,11 @@ class Collator:
         return item
 
     def collate(self, items: list[dict]) -> Batch:
+        cached = all(i["latents"] is not None for i in items)
         return Batch(
-            video=torch.stack([i["video"] for i in items]),
+            video=None if cached else torch.stack([self.frames(i) if i["video"] is None else i["video"] for i in items]),
+            latents=torch.stack([i["latents"] for i in items]) if cached else None,
+            video_pad=torch.from_numpy(np.stack([i["video_pad"] for i in items])),
             actions=torch.from_numpy(np.stack([i["actions"] for i in items])),
             action_mask=torch.from_numpy(np.stack([i["action_mask"] for i in items])),
             has_actions=torch.tensor([i["has_actions"] for i in items]),

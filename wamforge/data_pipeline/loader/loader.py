@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from wamforge.config.schema import StageConfig
 from wamforge.data_pipeline.loader.collate import Collator
 from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at
-from wamforge.data_pipeline.loader.shard_stream import ShardStream
+from wamforge.data_pipeline.loader.shard_stream import ShardStream, remap
 from wamforge.data_pipeline.video import VideoDecodeError
 
 MAX_CONSECUTIVE_FAILURES = 16
@@ -29,7 +29,7 @@ MAX_CONSECUTIVE_FAILURES = 16
 class MixtureLoader:
     def __init__(self, data_dir: Path, stage: StageConfig, collator: Collator, rank: int, world: int,
                  batch_size: int, seed: int, workers: int = 1, prefetch: int = 2, accumulation: int = 1,
-                 stall_timeout_s: float = 600.0):
+                 stall_timeout_s: float = 600.0, shuffle_buffer_bytes: int = 0):
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
         names = sorted(set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum)))
         self.shards = {}
@@ -42,6 +42,7 @@ class MixtureLoader:
         self.stage, self.collator, self.rank, self.world = stage, collator, rank, world
         self.batch_size, self.seed, self.accumulation = batch_size, seed, accumulation
         self.workers, self.prefetch, self.stall_timeout_s = workers, prefetch, stall_timeout_s
+        self.buffer_bytes = shuffle_buffer_bytes  # per source and lane
         self.step = 0
         self.lane_states: dict[int, dict] = {}
 
@@ -75,12 +76,27 @@ class MixtureLoader:
         return {"step": self.step, "lanes": {str(lane): s for lane, s in self.lane_states.items()},
                 "num_workers": max(1, self.workers), **{k: dict(v) for k, v in totals.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["num_workers"] != max(1, self.workers):
-            raise ValueError(f"the checkpoint's loader ran {state['num_workers']} workers per rank; resume with "
-                             f"training.loader_workers={state['num_workers']} to continue its exact sample order")
-        self.step = state["step"]
-        self.lane_states = {int(lane): s for lane, s in state["lanes"].items()}
+    def load_state_dict(self, states: list[dict]) -> None:
+        """`states`: the loader state of every rank of the checkpoint, in rank order."""
+        lanes = max(1, self.workers)
+        self.step = states[0]["step"]
+        if len(states) == self.world and states[0]["num_workers"] == lanes:
+            self.lane_states = {int(lane): s for lane, s in states[self.rank]["lanes"].items()}
+            return
+        old_lanes = [state["lanes"].get(str(lane)) for state in states for lane in range(state["num_workers"])]
+        self.lane_states = {}
+        for lane in range(lanes):
+            consumer = self.rank * lanes + lane
+            streams = {name: remap([old and old["streams"].get(name) for old in old_lanes], len(shards),
+                                   self._stream_seed(name), consumer, self.world * lanes)
+                       for name, shards in self.shards.items()}
+            first = consumer == 0  # the run's totals so far travel on one lane
+            self.lane_states[lane] = {"streams": streams, **{
+                key: dict(sum((Counter(old[key]) for old in old_lanes if old), Counter())) if first else {}
+                for key in ("realized", "skipped")}}
+
+    def _stream_seed(self, name: str) -> int:
+        return self.seed + _stable_hash(name)
 
 
 class _StepStream(IterableDataset):
@@ -103,8 +119,8 @@ class _StepStream(IterableDataset):
 
         streams = {}
         for name, shards in loader.shards.items():
-            streams[name] = ShardStream(shards, consumer, consumers, seed=loader.seed + _stable_hash(name),
-                                        on_error=shard_error)
+            streams[name] = ShardStream(shards, consumer, consumers, seed=loader._stream_seed(name),
+                                        buffer_bytes=loader.buffer_bytes, on_error=shard_error)
             if name in state["streams"]:
                 streams[name].load_state_dict(state["streams"][name])
         iterators = {name: iter(stream) for name, stream in streams.items()}

@@ -1,4 +1,5 @@
-"""Stage mixtures: source weights at a global step (curricula are piecewise linear), and a
+"""Stage mixtures: source weights at a global step (curricula are piecewise linear or step
+functions of it), and a
 draw of sources for each batch slot that depends only on (seed, step, rank), so a resumed run
 draws exactly what an uninterrupted one would."""
 from __future__ import annotations
@@ -20,7 +21,7 @@ def weights_at(mixture: MixtureConfig, step: int, sizes: dict[str, int] | None =
     else:
         right = next(i for i, p in enumerate(points) if p.step > step)
         a, b = points[right - 1], points[right]
-        frac = (step - a.step) / (b.step - a.step)
+        frac = 0.0 if mixture.interpolation == "step" else (step - a.step) / (b.step - a.step)
         names = set(a.weights) | set(b.weights)
         table = {n: (1 - frac) * a.weights.get(n, 0.0) + frac * b.weights.get(n, 0.0) for n in names}
     if mixture.balance == "size":

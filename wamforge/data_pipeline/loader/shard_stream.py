@@ -1,76 +1,184 @@
 """One source's shards as an endless, resumable stream of raw samples for one consumer
 (a loader worker of one rank; there are world * workers consumers in all).
 
-Each epoch shuffles the shard list with (seed, epoch), identically for every consumer. With at
-least as many shards as consumers, consumer c of N reads shards c, c+N, ...; otherwise every
-consumer reads every shard and keeps samples c, c+N, ... . Either way consumers see disjoint
-samples, and the state (epoch, shard position, sample offset) restarts the stream exactly.
+A pass is a list of pieces; a piece is a strided run of one shard's samples, (shard, first, stride,
+count), count None meaning "to the shard's end". Pass e shuffles the shard list with (seed, e),
+identically for every consumer. With at least as many shards as consumers, consumer c of N owns
+shards c, c+N, ... whole; otherwise it owns samples c, c+N, ... of every shard. Consumers therefore
+see disjoint samples, and the cursor (pass, piece, offset) restarts the stream exactly.
+
+A shuffle buffer, sized in bytes, decorrelates neighbouring windows; it is saved as the locations
+(shard, index) of the samples it holds, never as their bytes, and refilled from the shards on resume.
+
+When the number of consumers changes (other ranks or workers), `remap` gives every new consumer
+an equal strided share of what the old ones had left in their current pass, including their
+buffered samples; after that remainder every new consumer starts the next pass. No sample is
+repeated within a pass and none is skipped.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import random
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
+
+Piece = tuple[int, int, int, "int | None"]  # shard index, first sample, stride, count
 
 
 @dataclass
 class StreamState:
-    epoch: int = 0
-    shard: int = 0  # position in this rank's shard list for the epoch
-    offset: int = 0  # samples of that shard already consumed (after striding)
+    epoch: int = 0  # the pass served after any remainder
+    piece: int = 0
+    offset: int = 0  # samples of that piece already read
+    remainder: list | None = None  # pieces left over from a different consumer layout, served first
+    buffer: list = field(default_factory=list)  # [[shard, index], ...] read but not yet served
+    rng: dict | None = None  # the buffer's numpy bit-generator state
 
 
 class ShardStream:
-    def __init__(self, shards: list[Path], consumer: int, consumers: int, seed: int, on_error=None):
+    def __init__(self, shards: list[Path], consumer: int, consumers: int, seed: int,
+                 buffer_bytes: int = 0, on_error=None):
         if not shards:
             raise ValueError("a source with no shards cannot be streamed")
         self.shards, self.consumer, self.consumers, self.seed = list(shards), consumer, consumers, seed
-        self.by_shard = len(self.shards) >= consumers
+        self.buffer_bytes = buffer_bytes
         self.state = StreamState()
         self.on_error = on_error or (lambda shard, err: None)
 
-    def _epoch_shards(self, epoch: int) -> list[Path]:
-        order = list(self.shards)
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order[self.consumer::self.consumers] if self.by_shard else order
+    # -- what a pass holds -------------------------------------------------------------------
+    def pass_pieces(self, epoch: int) -> list[Piece]:
+        return epoch_pieces(len(self.shards), self.consumer, self.consumers, self.seed, epoch)
 
-    def __iter__(self):
-        empty_epochs = 0
+    def _pieces(self) -> list[Piece]:
+        s = self.state
+        return [tuple(p) for p in s.remainder] if s.remainder is not None else self.pass_pieces(s.epoch)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _cursor(self):
+        """(location, sample) in pass order from the saved cursor on, forever."""
+        empty_passes = 0
         while True:
             produced = False
-            shards = self._epoch_shards(self.state.epoch)
-            while self.state.shard < len(shards):
-                for sample in itertools.islice(self._read(shards[self.state.shard]), self.state.offset, None):
+            pieces = self._pieces()
+            while self.state.piece < len(pieces):
+                shard, first, stride, count = pieces[self.state.piece]
+                start = first + self.state.offset * stride
+                stop = None if count is None else first + count * stride
+                for index, sample in self._read(shard, start, stop, stride):
                     self.state.offset += 1
                     produced = True
-                    yield sample
-                self.state.shard, self.state.offset = self.state.shard + 1, 0
-            self.state = StreamState(epoch=self.state.epoch + 1)
-            empty_epochs = 0 if produced else empty_epochs + 1
-            if empty_epochs >= 2:
-                raise RuntimeError(f"loader consumer {self.consumer} found no readable samples in {len(self.shards)} shards")
+                    yield (shard, index), sample
+                self.state.piece, self.state.offset = self.state.piece + 1, 0
+            if self.state.remainder is None:
+                self.state.epoch += 1
+            self.state.remainder, self.state.piece, self.state.offset = None, 0, 0
+            empty_passes = 0 if produced else empty_passes + 1
+            if empty_passes >= 2:
+                raise RuntimeError(f"loader consumer {self.consumer} found no readable samples "
+                                   f"in {len(self.shards)} shards")
 
-    def _read(self, shard: Path):
-        stride = 1 if self.by_shard else self.consumers
-        first = 0 if self.by_shard else self.consumer
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.consumer])
+        if self.state.rng is not None:
+            rng.bit_generator.state = self.state.rng
+        buffer = [(tuple(loc), sample) for loc, sample in zip(self.state.buffer, self._fetch(self.state.buffer))]
+        held = sum(map(_nbytes, (s for _, s in buffer)))
+        for location, sample in self._cursor():
+            buffer.append((location, sample))
+            held += _nbytes(sample)
+            while buffer and held >= self.buffer_bytes:  # budget 0: no shuffling, pass order
+                pick = int(rng.integers(len(buffer))) if len(buffer) > 1 else 0
+                buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+                _, out = buffer.pop()
+                held -= _nbytes(out)
+                self.state.buffer = [list(loc) for loc, _ in buffer]
+                self.state.rng = rng.bit_generator.state
+                yield out
+
+    def _read(self, shard: int, start: int, stop: int | None, stride: int):
+        path = self.shards[shard]
 
         def handler(err):
-            self.on_error(shard, err)
-            return False  # stop this shard; the stream moves on to the next
+            self.on_error(path, err)
+            return False  # stop this shard; the stream moves on to the next piece
 
-        # this stream does its own rank split, so webdataset's node and worker splitters stay out
-        samples = wds.WebDataset(str(shard), shardshuffle=False, handler=handler, empty_check=False,
+        # this stream does its own consumer split, so webdataset's node and worker splitters stay out
+        samples = wds.WebDataset(str(path), shardshuffle=False, handler=handler, empty_check=False,
                                  nodesplitter=_everything, workersplitter=_everything)
-        return itertools.islice(samples, first, None, stride)
+        indices = itertools.count(start, stride) if stop is None else range(start, stop, stride)
+        return zip(indices, itertools.islice(samples, start, stop, stride))
+
+    def _fetch(self, locations: list) -> list[dict]:
+        """The buffered samples of a saved state, read back from their shards."""
+        wanted = defaultdict(set)
+        for shard, index in locations:
+            wanted[shard].add(index)
+        found = {}
+        for shard, indices in wanted.items():
+            for index, sample in self._read(shard, min(indices), max(indices) + 1, 1):
+                if index in indices:
+                    found[(shard, index)] = sample
+        missing = [loc for loc in map(tuple, locations) if loc not in found]
+        if missing:
+            raise RuntimeError(f"{len(missing)} buffered samples of the saved loader state are no longer "
+                               f"in their shards (first: {self.shards[missing[0][0]]} #{missing[0][1]}); "
+                               f"the dataset changed since the checkpoint")
+        return [found[tuple(loc)] for loc in locations]
 
     def state_dict(self) -> dict:
         return asdict(self.state)
 
     def load_state_dict(self, state: dict) -> None:
         self.state = StreamState(**state)
+
+
+def epoch_pieces(num_shards: int, consumer: int, consumers: int, seed: int, epoch: int) -> list[Piece]:
+    order = list(range(num_shards))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if num_shards >= consumers:
+        return [(shard, 0, 1, None) for shard in order[consumer::consumers]]
+    return [(shard, consumer, consumers, None) for shard in order]
+
+
+def remap(old_states: list[dict | None], num_shards: int, seed: int, consumer: int, consumers: int) -> dict:
+    """The state of new consumer `consumer` of `consumers`, given every old consumer's state
+    (None for one that never started) in old consumer order."""
+    left: list[Piece] = []
+    next_epoch = 0
+    for old, raw in enumerate(old_states):
+        state = StreamState(**raw) if raw else StreamState()
+        if state.remainder is not None:
+            pieces, next_epoch = [tuple(p) for p in state.remainder], max(next_epoch, state.epoch)
+        else:
+            pieces = epoch_pieces(num_shards, old, len(old_states), seed, state.epoch)
+            next_epoch = max(next_epoch, state.epoch + 1)
+        rest = pieces[state.piece:]
+        if rest:
+            rest[0] = _advance(rest[0], state.offset)
+        left += [(shard, index, 1, 1) for shard, index in state.buffer]
+        left += [p for p in rest if p[3] is None or p[3] > 0]
+    share = [p for p in (_share(piece, consumer, consumers) for piece in left) if p[3] is None or p[3] > 0]
+    return asdict(StreamState(epoch=next_epoch, remainder=[list(p) for p in share]))
+
+
+def _advance(piece: Piece, done: int) -> Piece:
+    shard, first, stride, count = piece
+    return shard, first + done * stride, stride, None if count is None else count - done
+
+
+def _share(piece: Piece, consumer: int, consumers: int) -> Piece:
+    shard, first, stride, count = piece
+    own = None if count is None else math.ceil(max(0, count - consumer) / consumers)
+    return shard, first + consumer * stride, stride * consumers, own
+
+
+def _nbytes(sample: dict) -> int:
+    return sum(len(v) for v in sample.values() if isinstance(v, (bytes, bytearray)))
 
 
 def _everything(urls):

@@ -19,6 +19,11 @@ class PatchifyVAE(nn.Module):
         self.temporal_stride = temporal
         self.latent_channels = 3 * spatial * spatial
 
+    @property
+    def cache_id(self) -> str:
+        """encoder@version: names the latents this VAE writes to a shard cache (bump on any change)."""
+        return f"patchify-s{self.spatial_stride}t{self.temporal_stride}@1"
+
     def latent_frames(self, frames: int) -> int:
         if (frames - 1) % self.temporal_stride:
             raise ValueError(f"the VAE needs 1 + {self.temporal_stride}k frames, got {frames}")

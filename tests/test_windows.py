@@ -1,0 +1,129 @@
+"""Windows: past context, multi-rate video vs actions, padding at episode edges, cached latents."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from tests.conftest import tiny_config
+from wamforge.config import validate
+from wamforge.config.paths import RunPaths
+from wamforge.config.schema import DataConfig
+from wamforge.data_pipeline.build.pipeline import build_dataset
+from wamforge.data_pipeline.build.shard_writer import clip_windows, window_starts
+from wamforge.data_pipeline.loader.collate import Collator, Normalizer, load_npy
+from wamforge.data_pipeline.schema import Episode
+from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_tensor
+from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.model_zoo.vae import encode_views, make_vae
+from wamforge.model_zoo.wam import WorldActionModel
+from wamforge.training.policy import Policy
+
+LENGTH = 30
+
+
+def data(**changes) -> DataConfig:
+    fields = dict(clip_frames=9, clip_stride=4, frame_stride=2, context_frames=4, action_frames=6,
+                  resolution=(16, 16))
+    return DataConfig(sources={}, **{**fields, **changes})
+
+
+def episode() -> Episode:
+    """Frame i is a flat grey of 8 * i and its action is (i, -i, 0, 1): every row names its frame."""
+    frames = np.repeat((8 * np.arange(LENGTH, dtype=np.uint8))[:, None, None, None, None], 16 * 16 * 3, 2)
+    frames = frames.reshape(LENGTH, 1, 16, 16, 3)
+    t = np.arange(LENGTH, dtype=np.float32)
+    return Episode("sim", "ep", "sim", "sawyer", frames, fps=10.0, views=["corner"],
+                   actions=np.stack([t, -t, 0 * t, 0 * t + 1], 1), proprio=np.stack([t, t, t, t], 1))
+
+
+def test_window_starts_cover_the_episode_from_its_first_current_frame_to_its_last_frame():
+    starts = window_starts(LENGTH, data())
+    # span (9 - 1) * 2 = 16 steps; context 4 frames * 2 = 8 steps before the current frame
+    assert starts == [-8, -4, 0, 4, 8, 12, 13]
+    assert starts[0] + 8 == 0 and starts[-1] + 16 == LENGTH - 1
+    assert window_starts(16, data()) == [-8, -4, -1] and window_starts(8, data()) == []
+
+
+def test_windows_are_multi_rate_with_padding_at_both_edges():
+    windows = list(clip_windows(episode(), data()))
+    first, last = (json.loads(w["json"]) for w in (windows[0], windows[-1]))
+    assert (first["start"], first["current"], first["video_pad"]) == (-8, 0, 4)
+    assert (last["start"], last["current"], last["video_pad"]) == (13, 21, 0)
+
+    grey = decode_mp4(windows[0]["mp4"])[:, 0, 0, 0].astype(int)
+    # video every 2nd step; the 4 context frames before the episode repeat its first frame
+    np.testing.assert_allclose(grey, 8 * np.maximum(-8 + 2 * np.arange(9), 0), atol=3)
+    actions = load_npy(windows[-1]["actions.npy"])
+    np.testing.assert_array_equal(actions[:, 0], np.arange(21, 27))  # every step from the current frame
+
+    registry = EmbodimentRegistry.from_yaml("configs/embodiments.yaml")
+    collator = Collator(Normalizer({}, registry), registry, {"sim": 0}, horizon=12, max_action_dim=8,
+                        max_proprio_dim=8)
+    long = list(clip_windows(episode(), data(action_frames=32)))
+    batch = collator.collate([collator.decode(w) for w in (long[0], long[-1])])
+    assert batch.video_pad[0].tolist() == [True] * 4 + [False] * 5 and not batch.video_pad[1].any()
+    # 30 - 21 = 9 real rows, then padding past the episode's end (is_pad)
+    assert batch.action_mask[1, :, :4].all(-1).tolist() == [True] * 9 + [False] * 3
+    assert not batch.action_mask[1, 9:].any() and torch.all(batch.actions[1, 9:] == 0)
+    assert batch.action_mask[0, :, :4].all() and batch.proprio[0, 0] == 0.0  # proprio at the current frame
+    with pytest.raises(ValueError, match="rebuild with data.action_frames >= 12"):
+        collator.decode(windows[0])  # 6 stored rows cannot feed a horizon of 12 mid-episode
+
+
+def test_cached_latents_are_served_instead_of_pixels(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["data"]["sources"].pop("sim")
+    raw["data"]["cache_latents"] = True
+    for stage in raw["stages"]:
+        stage["mixture"] = {"weights": {"web": 1.0}}
+    cfg = validate(raw)
+    manifest = build_dataset(cfg)
+    vae = make_vae(cfg.model.vae)
+    assert manifest["latents"] == vae.cache_id == "patchify-s4t4@1"
+    shard = RunPaths.of(cfg).data / manifest["shards"][0]["path"]
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False))[:3]
+
+    registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
+    cached = Collator(Normalizer({}, registry), registry, {"web": 0}, horizon=4, max_action_dim=8,
+                      max_proprio_dim=8, latents=vae.cache_id)
+    batch = cached.collate([cached.decode(s) for s in samples])
+    assert batch.video is None and batch.latents.shape == (3, 48, 3, 8, 8)
+    pixels = torch.stack([video_to_tensor(untile_views(decode_mp4(s["mp4"]), 1)) for s in samples])
+    torch.testing.assert_close(batch.latents, encode_views(vae, pixels), rtol=0, atol=1e-6)
+
+    other = Collator(Normalizer({}, registry), registry, {"web": 0}, horizon=4, max_action_dim=8,
+                     max_proprio_dim=8, latents="patchify-s4t4@2")  # a changed encoder never reads stale latents
+    assert other.collate([other.decode(s) for s in samples]).latents is None
+
+    model = WorldActionModel.for_experiment(cfg, len(registry))
+    torch.manual_seed(0)
+    from_latents = model.loss(batch, "video", {})["loss"]
+    torch.manual_seed(0)
+    from_pixels = model.loss(other.collate([other.decode(s) for s in samples]), "video", {})["loss"]
+    torch.testing.assert_close(from_latents, from_pixels)
+
+
+def test_past_context_frames_are_clean_conditioning(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["data"]["context_frames"] = 4
+    cfg = validate(raw)
+    registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
+    model = WorldActionModel.for_experiment(cfg, len(registry))
+    assert (model.latent_frames, model.clean_latents) == (3, 2)
+
+    policy = Policy(model, cfg, registry, stats={}, device=torch.device("cpu"), flow_steps=2)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    policy.reset()
+    for image in frames[:-1]:
+        policy.observe({"image": image})
+    chunk = policy.act({"image": frames[-1], "proprio": np.zeros(4)}, "reach")
+    assert chunk.shape == (4, 4) and np.isfinite(chunk).all()
+    assert len(policy.history) == 3  # 4 context frames at stride 1 + the current one fit in 5
+
+
+def test_context_must_be_whole_latent_frames():
+    with pytest.raises(ValueError, match="context_frames must be a multiple of 4"):
+        data(context_frames=3)
