@@ -52,7 +52,8 @@ class MixtureLoader:
         loader = DataLoader(_StepStream(self), batch_size=None, num_workers=self.workers,
                             prefetch_factor=self.prefetch if self.workers else None,
                             timeout=self.stall_timeout_s if self.workers else 0,  # the stall watchdog
-                            generator=torch.Generator().manual_seed(self.seed))
+                            generator=torch.Generator().manual_seed(self.seed),
+                            collate_fn=_as_is)  # batches are collated already; skip default_convert's walk
         batches, start = iter(loader), self.step
         while True:
             try:
@@ -144,6 +145,10 @@ class _StepStream(IterableDataset):
             state = {"streams": {n: s.state_dict() for n, s in streams.items()},
                      "realized": dict(realized), "skipped": dict(skipped)}
             yield batch, weights, lane, state
+
+
+def _as_is(item):
+    return item
 
 
 def _stable_hash(name: str) -> int:

@@ -48,6 +48,7 @@ class ShardStream:
         self.shards, self.consumer, self.consumers, self.seed = list(shards), consumer, consumers, seed
         self.buffer_bytes = buffer_bytes
         self.state = StreamState()
+        self._buffer = self._rng = None  # live while iterating; state_dict() snapshots them
         self.on_error = on_error or (lambda shard, err: None)
 
     # -- what a pass holds -------------------------------------------------------------------
@@ -83,21 +84,24 @@ class ShardStream:
                                    f"in {len(self.shards)} shards")
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.consumer])
+        self._rng = np.random.default_rng([self.seed, self.consumer])
         if self.state.rng is not None:
-            rng.bit_generator.state = self.state.rng
-        buffer = [(tuple(loc), sample) for loc, sample in zip(self.state.buffer, self._fetch(self.state.buffer))]
-        held = sum(map(_nbytes, (s for _, s in buffer)))
+            self._rng.bit_generator.state = self.state.rng
+        # two parallel lists, so a snapshot of the locations is one shallow copy
+        locations = self._buffer = [tuple(loc) for loc in self.state.buffer]
+        samples = self._fetch(self.state.buffer)
+        held = sum(map(_nbytes, samples))
         for location, sample in self._cursor():
-            buffer.append((location, sample))
+            locations.append(location)
+            samples.append(sample)
             held += _nbytes(sample)
-            while buffer and held >= self.buffer_bytes:  # budget 0: no shuffling, pass order
-                pick = int(rng.integers(len(buffer))) if len(buffer) > 1 else 0
-                buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
-                _, out = buffer.pop()
+            while samples and held >= self.buffer_bytes:  # budget 0: no shuffling, pass order
+                pick = int(self._rng.integers(len(samples))) if len(samples) > 1 else 0
+                for items in (locations, samples):
+                    items[pick], items[-1] = items[-1], items[pick]
+                locations.pop()
+                out = samples.pop()
                 held -= _nbytes(out)
-                self.state.buffer = [list(loc) for loc, _ in buffer]
-                self.state.rng = rng.bit_generator.state
                 yield out
 
     def _read(self, shard: int, start: int, stop: int | None, stride: int):
@@ -131,10 +135,14 @@ class ShardStream:
         return [found[tuple(loc)] for loc in locations]
 
     def state_dict(self) -> dict:
-        return asdict(self.state)
+        """The cursor, plus the buffer's sample locations and RNG as of the last sample served."""
+        if self._buffer is not None:
+            self.state.buffer = list(self._buffer)  # (shard, index) tuples; JSON writes them as lists
+            self.state.rng = self._rng.bit_generator.state
+        return dict(vars(self.state))  # not asdict(): its deep copy is costly on a large buffer, every batch
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = StreamState(**state)
+        self.state, self._buffer = StreamState(**state), None
 
 
 def epoch_pieces(num_shards: int, consumer: int, consumers: int, seed: int, epoch: int) -> list[Piece]:
