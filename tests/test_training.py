@@ -56,6 +56,10 @@ def test_two_rank_training_runs_every_stage(trained):
         traces = [read_jsonl(paths.stage(stage.name) / f"samples.rank{r}.jsonl") for r in range(2)]
         for a, b in zip(*traces):
             assert a["step"] == b["step"] and not set(a["keys"]) & set(b["keys"])
+        # the realized shares are those of every key both ranks consumed so far
+        keys = [k for trace in traces for r in trace for k in r["keys"]]
+        for name, share in rows[-1]["realized"].items():
+            assert share == pytest.approx(sum(k.startswith(name + "/") for k in keys) / len(keys), abs=1e-4)
     video_rows = read_jsonl(paths.stage("pretrain_video") / "metrics.jsonl")
     assert all(r["action_loss"] == 0 for r in video_rows)
 

@@ -33,11 +33,14 @@ def plot_training(cfg: ExperimentConfig, out: Path | None = None) -> Path | None
         top.set_xlabel("step")
         top.legend(fontsize=8)
         sources = sorted({name for r in rows for name in r["mixture"]})
-        for name in sources:
-            bottom.plot(steps, [r["mixture"].get(name, 0.0) for r in rows], label=name)
+        for i, name in enumerate(sources):
+            bottom.plot(steps, [r["mixture"].get(name, 0.0) for r in rows], color=f"C{i}", label=f"{name} target")
+            if "realized" in rows[0]:
+                bottom.plot(steps, [r["realized"].get(name, 0.0) for r in rows], color=f"C{i}", linestyle="--",
+                            label=f"{name} realized (cumulative)")
         bottom.set_ylim(0, 1.05)
         bottom.set_xlabel("step")
-        bottom.set_ylabel("mixture weight")
+        bottom.set_ylabel("mixture share")
         bottom.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out or paths.root / "training.png")

@@ -138,11 +138,14 @@ class StageRunner:
                 step += 1
                 toc = time.perf_counter()
                 wait_pct = 100 * waited / (toc - tic)
+                # ranks consume equal batch counts, so the mean of their shares is the run's share
+                realized = {f"realized/{n}": share for n, share in loader.realized().items()}
                 values = mean_across_ranks({**{k: sum(w[k] for w in window) / len(window) for k in window[0]},
-                                            "data_wait_pct": wait_pct}, self.device)
+                                            "data_wait_pct": wait_pct, **realized}, self.device)
+                realized = {k.split("/", 1)[1]: round(values.pop(k), 4) for k in realized}
                 row = {"step": step, **values, "data_wait_pct_max": max_across_ranks(wait_pct, self.device),
                        "lr": engine.get_lr()[0], "samples_per_s": samples_per_step / (toc - tic),
-                       "mixture": weights}
+                       "mixture": weights, "realized": realized}
                 window, waited, tic = [], 0.0, toc
                 if metrics is not None:
                     metrics.write(row)

@@ -69,6 +69,14 @@ class MixtureLoader:
             self.step += 1
             yield batch, weights
 
+    def realized(self) -> dict[str, float]:
+        """Each source's share of the samples this rank consumed so far in the stage."""
+        counts = Counter()
+        for state in self.lane_states.values():
+            counts.update(state["realized"])
+        total = sum(counts.values()) or 1
+        return {name: counts[name] / total for name in self.shards}
+
     def state_dict(self) -> dict:
         totals = {"realized": Counter(), "skipped": Counter()}
         for state in self.lane_states.values():
