@@ -20,7 +20,7 @@ class ProceduralVideo(Strict):
 
 
 class SourceConfig(Strict):
-    format: Literal["metaworld", "video_folder"]
+    format: Literal["metaworld", "video_folder", "lerobot", "robomimic"]
     kind: Literal["internet", "egocentric", "teleop", "sim", "synthetic"]
     embodiment: str
     description: str = ""
@@ -34,13 +34,20 @@ class SourceConfig(Strict):
     path: str | None = None
     generate: ProceduralVideo | None = None
     caption_file: str = "captions.jsonl"
+    # recorded robot data (lerobot, robomimic): which cameras, state fields and action field to read;
+    # empty means the format's usual names (all cameras; observation.state / robot0_eef_* ; action(s))
+    cameras: list[str] = []
+    state_keys: list[str] = []
+    action_key: str | None = None
+    language: str = ""  # the instruction when the data has none
+    fps: float | None = Field(None, gt=0)  # the recording rate, where the files do not state it (robomimic: 20)
 
     @model_validator(mode="after")
     def _format_fields(self):
         if self.format == "metaworld" and not self.tasks:
             raise ValueError("a metaworld source needs at least one task in 'tasks'")
-        if self.format == "video_folder" and not self.path:
-            raise ValueError("a video_folder source needs 'path'")
+        if self.format != "metaworld" and not self.path:
+            raise ValueError(f"a {self.format} source needs 'path'")
         return self
 
 

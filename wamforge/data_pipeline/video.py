@@ -71,17 +71,28 @@ def decode_mp4(data: bytes) -> np.ndarray:
     return frames
 
 
-def read_video_file(path) -> tuple[np.ndarray, float]:
-    """A video file on disk -> (uint8 [T, H, W, 3], fps)."""
+def read_video_file(path, start_s: float = 0.0, end_s: float | None = None) -> tuple[np.ndarray, float]:
+    """A video file on disk -> (uint8 [T, H, W, 3], fps), optionally only the frames whose
+    timestamps fall in [start_s, end_s) (one episode of a file that packs many)."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or 0) or 30.0
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            if start_s > 0:  # jump to the keyframe before start_s instead of decoding from the top
+                container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
+            frames = []
+            half_frame = 0.5 / fps  # timestamps are rounded; frame i sits at i / fps
+            for frame in container.decode(stream):
+                t = float(frame.pts * stream.time_base) if frame.pts is not None else len(frames) / fps
+                if t < start_s - half_frame:
+                    continue
+                if end_s is not None and t >= end_s - half_frame:
+                    break
+                frames.append(frame.to_ndarray(format="rgb24"))
     except Exception as err:
-        raise VideoDecodeError(f"video could not be decoded ({type(err).__name__}: {err})") from None
+        raise VideoDecodeError(f"video {path} could not be decoded ({type(err).__name__}: {err})") from None
     if not frames:
-        raise VideoDecodeError("video holds no frames")
+        raise VideoDecodeError(f"video {path} holds no frames" + (f" in [{start_s}, {end_s}) s" if end_s else ""))
     return np.stack(frames), fps
 
 
@@ -94,12 +105,17 @@ def _decord():
     return decord
 
 
+def resample_indices(length: int, src_fps: float, dst_fps: float) -> np.ndarray:
+    """Indices of the frames nearest to a dst_fps time grid over `length` frames at src_fps."""
+    if abs(src_fps - dst_fps) < 1e-6:
+        return np.arange(length)
+    times = np.arange(0, length / src_fps, 1.0 / dst_fps)
+    return np.minimum(np.round(times * src_fps).astype(int), length - 1)
+
+
 def resample_fps(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarray:
     """Pick the frames nearest to a dst_fps time grid."""
-    if abs(src_fps - dst_fps) < 1e-6:
-        return frames
-    times = np.arange(0, len(frames) / src_fps, 1.0 / dst_fps)
-    return frames[np.minimum(np.round(times * src_fps).astype(int), len(frames) - 1)]
+    return frames[resample_indices(len(frames), src_fps, dst_fps)]
 
 
 def resize_center_crop(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""Source adapters read their formats as written by the formats' own libraries."""
+import json
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from tests import formats
+from tests.conftest import tiny_config
+from wamforge.config import validate
+from wamforge.config.paths import RunPaths
+from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.data_pipeline.build.pipeline import build_dataset
+from wamforge.data_pipeline.sources import make_source
+
+
+def lerobot_source(path, fps=30.0, **fields):
+    cfg = SourceConfig(format="lerobot", kind="teleop", embodiment="so100", path=str(path), **fields)
+    data = DataConfig(sources={}, fps=fps, resolution=(formats.SIZE, formats.SIZE))
+    return make_source("so100_demo", cfg, data)
+
+
+def assert_episode(episode, index: int, length: int, step: int = 1):
+    """Frames, actions and proprio of episode `index` at every `step`-th recorded frame, aligned."""
+    keep = np.arange(0, length, step)
+    assert episode.frames.shape == (len(keep), 2, formats.SIZE, formats.SIZE, 3)
+    assert episode.views == ["laptop", "phone"]
+    for cam in range(2):
+        expected = [formats.grey(index, i, cam) for i in keep]
+        np.testing.assert_allclose(episode.frames[:, cam, 8, 8, 0], expected, atol=4)
+    np.testing.assert_array_equal(episode.actions, formats.rows(index, length)[keep])
+    np.testing.assert_array_equal(episode.proprio, formats.rows(index, length)[keep] + 0.5)
+    assert episode.language == formats.TASKS[index % 2]
+    episode.validate()
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_lerobot_episodes_keep_cameras_actions_state_and_task_aligned(tmp_path, version):
+    lengths = [12, 17, 9]
+    write = formats.write_lerobot_v21 if version == "v2.1" else formats.write_lerobot_v30
+    source = lerobot_source(write(tmp_path / "ds", lengths))
+    specs = source.episode_specs()
+    assert [s["episode"] for s in specs] == ["episode_000000", "episode_000001", "episode_000002"]
+    for index, spec in enumerate(specs):
+        assert_episode(source.load(json.loads(json.dumps(spec))), index, lengths[index])
+
+
+def test_lerobot_resamples_video_and_actions_together(tmp_path):
+    source = lerobot_source(formats.write_lerobot_v30(tmp_path / "ds", [12, 16]), fps=15.0)
+    episode = source.load(source.episode_specs()[1])
+    assert episode.fps == 15.0 and episode.extra["source_fps"] == 30
+    assert_episode(episode, 1, 16, step=2)
+
+
+def test_lerobot_unknown_camera_is_one_clear_error(tmp_path):
+    source = lerobot_source(formats.write_lerobot_v21(tmp_path / "ds", [10]), cameras=["observation.images.top"])
+    with pytest.raises(ValueError, match=r"cameras \['observation.images.top'\] are not features"):
+        source.episode_specs()
+
+
+def test_lerobot_build_quarantines_a_parquet_without_actions(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["data"]["sources"] = {"so100_demo": {
+        "format": "lerobot", "kind": "teleop", "embodiment": "so100",
+        "path": str(formats.write_lerobot_v21(tmp_path / "ds", [12, 14, 11], drop_action_in=1))}}
+    raw["data"]["fps"] = 30
+    raw["model"]["action_expert"]["horizon"] = 4
+    for stage in raw["stages"]:
+        stage["mixture"] = {"weights": {"so100_demo": 1.0}}
+    cfg = validate(raw)
+    manifest = build_dataset(cfg)
+    source = manifest["sources"]["so100_demo"]
+    assert (source["episodes"], source["quarantined"]) == (2, 1)
+    reasons = [json.loads(line) for line in (RunPaths.of(cfg).data / "quarantine.jsonl").read_text().splitlines()]
+    assert len(reasons) == 1 and reasons[0]["spec"]["episode"] == "episode_000001"
+    assert "episode_000001.parquet has no column 'action'" in reasons[0]["reason"]
+    shard = RunPaths.of(cfg).data / source["shards"][0]
+    meta = [json.loads(s["json"]) for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    assert {m["episode"] for m in meta} == {"episode_000000", "episode_000002"}
+    assert all(m["views"] == ["laptop", "phone"] and m["embodiment"] == "so100" for m in meta)
+    stats = json.loads((RunPaths.of(cfg).data / "stats.json").read_text())
+    assert len(stats["so100"]["actions"]["mean"]) == 6
+
+
+def robomimic_source(path, **fields):
+    cfg = SourceConfig(format="robomimic", kind="teleop", embodiment="franka", path=str(path), **fields)
+    return make_source("libero", cfg, DataConfig(sources={}, fps=20.0, resolution=(formats.SIZE, formats.SIZE)))
+
+
+@pytest.mark.parametrize("libero", [False, True])
+def test_robomimic_demos_become_episodes(tmp_path, libero):
+    source = robomimic_source(formats.write_robomimic(tmp_path / "demo.hdf5", [10, 13], libero=libero))
+    specs = source.episode_specs()
+    assert [s["demo"] for s in specs] == ["demo_0", "demo_1"]
+    episode = source.load(specs[1])
+    episode.validate()
+    assert episode.views == ["agentview", "robot0_eye_in_hand"] and episode.frames.shape[:2] == (13, 2)
+    np.testing.assert_allclose(episode.frames[:, 1, 4, 4, 0], [formats.grey(1, i, 1) for i in range(13)])
+    np.testing.assert_array_equal(episode.actions, formats.rows(1, 13, dim=7))
+    assert episode.proprio.shape == (13, 9)
+    assert episode.language == ("put the bowl on the plate" if libero else "Lift")
+
+
+@pytest.mark.parametrize("kind, message", [("no_obs", "demo_1 has no 'obs' group"),
+                                           ("grey_image", "images must be uint8 [N, H, W, 3]")])
+def test_robomimic_bad_demo_is_one_clear_error(tmp_path, kind, message):
+    source = robomimic_source(formats.write_robomimic(tmp_path / "demo.hdf5", [10, 11, 12], broken={1: kind}))
+    specs = source.episode_specs()
+    source.load(specs[0]), source.load(specs[2])
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        source.load(specs[1])
