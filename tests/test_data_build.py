@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import webdataset as wds
 
 from tests.conftest import tiny_config
@@ -103,3 +104,71 @@ def test_episode_validation_names_what_is_wrong():
         Episode("s", "e", "sim", "sawyer", frames, 10.0, ["cam"], proprio=np.zeros((9, 4), np.float32)).validate()
     with pytest.raises(ValueError, match="1 views but the episode names 2"):
         Episode("s", "e", "sim", "sawyer", frames, 10.0, ["a", "b"]).validate()
+
+
+def shard_keys(cfg, manifest) -> list[str]:
+    out = RunPaths.of(cfg).data
+    return [s["__key__"] for shard in manifest["shards"] for s in wds.WebDataset(str(out / shard["path"]),
+                                                                                 shardshuffle=False)]
+
+
+def test_a_killed_build_resumes_without_losing_or_duplicating_a_sample(built, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+    import yaml
+
+    reference_cfg, reference = built
+    raw = tiny_config(tmp_path)
+    raw["data"]["episodes_per_task"] = 1  # 16 tasks, so the kill lands between them
+    raw["data"]["sources"]["web"]["path"] = reference_cfg.data.sources["web"].path
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = validate(raw)
+    shards = RunPaths.of(cfg).data / "shards"
+    proc = subprocess.Popen([sys.executable, "-m", "wamforge.cli", "data", "build", str(path)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(shards.glob("*.done.json"))) < 3:
+        assert proc.poll() is None, "the build ended before it could be interrupted"
+        if time.time() > deadline:  # a hang guard, not a speed check
+            pytest.fail("no build task finished within 300 s")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and its workers, mid-build
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.done.json")}
+    assert not (RunPaths.of(cfg).data / "manifest.json").exists() and 3 <= len(finished) < 16
+
+    manifest = build_dataset(cfg)
+    assert all((shards / name).stat().st_mtime_ns == t for name, t in finished.items())  # not redone
+    keys = shard_keys(cfg, manifest)
+    assert len(keys) == len(set(keys)) == manifest["samples"]
+    assert sorted(keys) == sorted(shard_keys(reference_cfg, reference))  # what an uninterrupted build holds
+    assert not list(shards.glob("*.tmp"))
+
+
+def test_shards_roll_over_at_the_byte_target_and_the_build_reports(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["data"]["sources"].pop("sim")
+    raw["data"]["shard_mb"] = 0.02  # ~20 KB: several shard files per task
+    for stage in raw["stages"]:
+        stage["mixture"] = {"weights": {"web": 1.0}}
+    cfg = validate(raw)
+    manifest = build_dataset(cfg)
+    limit = 0.02 * 2**20
+    tasks = len(list((RunPaths.of(cfg).data / "shards").glob("*.done.json")))
+    assert len(manifest["shards"]) > tasks
+    sizes = {s["path"]: s["bytes"] for s in manifest["shards"]}
+    assert max(sizes.values()) < limit + 16 * 2**10  # a file closes at the first sample past the target
+    assert sum(s["samples"] for s in manifest["shards"]) == manifest["samples"] == len(shard_keys(cfg, manifest))
+
+    out = RunPaths.of(cfg).data
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["clips"] == manifest["samples"] and report["sources"]["web"]["episodes"] == 8
+    assert report["hours"] == pytest.approx(8 * 24 / 10 / 3600, rel=1e-3)  # 8 videos of 24 frames at 10 fps
+    assert report["embodiments"]["none"]["clips"] == manifest["samples"] and report["rejects_by_reason"] == {}
+    assert (out / "data_card.png").stat().st_size > 10_000

@@ -65,7 +65,8 @@ class DataConfig(Strict):
     cache_latents: bool = False
     resolution: tuple[int, int] = (64, 64)
     fps: float = Field(10.0, gt=0)
-    episodes_per_shard: int = Field(4, ge=1)  # one shard per group: the unit of parallel build work
+    episodes_per_task: int = Field(4, ge=1)  # episodes per build task: the unit of parallel (and resumed) work
+    shard_mb: float = Field(256.0, gt=0)  # a task rolls over to a new shard file past this size
     build_workers: int = Field(2, ge=1)
     sources: dict[str, SourceConfig]
 

@@ -1,7 +1,9 @@
-"""Driver side of a build: plan shards, run them as a Ray Data pipeline, write the dataset card.
+"""Driver side of a build: plan tasks, run them as a Ray Data pipeline, write the dataset card.
 
-Outputs: `<out>/shards/<source>-NNNNN.tar`, `manifest.json`, `stats.json`,
-`quarantine.jsonl`. A build whose config hash matches the manifest on disk is not redone.
+Outputs: `<out>/shards/<source>-NNNNN-PPP.tar`, `manifest.json`, `stats.json`, `quarantine.jsonl`,
+`build_report.json` and `data_card.png`. A build whose config hash matches the manifest on disk is
+not redone; a build that was interrupted resumes: tasks whose `.done.json` carries the current
+build hash are not run again, the others are rewritten from scratch.
 """
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from wamforge.config import ExperimentConfig, config_hash
@@ -21,6 +25,7 @@ from wamforge.data_pipeline.schema import SCHEMA_VERSION
 from wamforge.data_pipeline.sources import make_source
 from wamforge.data_pipeline.stats import merge_partials
 from wamforge.model_zoo.vae import make_vae
+
 
 def build_dataset(cfg: ExperimentConfig, ray_address: str | None = None, force: bool = False,
                   console: Console | None = None) -> dict:
@@ -38,15 +43,21 @@ def build_dataset(cfg: ExperimentConfig, ray_address: str | None = None, force: 
 
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    jobs, provenance = _plan(cfg, shard_dir)
+    jobs, provenance = _plan(cfg, shard_dir, build_hash)
+    done = {} if force else _finished(shard_dir, build_hash)
+    todo = [j for j in jobs if j["key"] not in done]
+    if done:
+        console.print(f"[dim]resuming the build: {len(jobs) - len(todo)} of {len(jobs)} tasks are already done[/]")
     started = time.time()
-    summaries = _run_on_ray(jobs, cfg.data.build_workers, ray_address)
+    summaries = [done[j["key"]] for j in jobs if j["key"] in done]
+    summaries += _run_on_ray(todo, cfg.data.build_workers, ray_address, console) if todo else []
+    summaries.sort(key=lambda s: s["key"])
     manifest = _write_outputs(cfg, out, build_hash, summaries, provenance, time.time() - started)
     _print_card(console, manifest)
     return manifest
 
 
-def _plan(cfg: ExperimentConfig, shard_dir: Path) -> tuple[list[dict], dict]:
+def _plan(cfg: ExperimentConfig, shard_dir: Path, build_hash: str) -> tuple[list[dict], dict]:
     jobs, provenance = [], {}
     for name, source_cfg in cfg.data.sources.items():
         source = make_source(name, source_cfg, cfg.data)
@@ -56,16 +67,27 @@ def _plan(cfg: ExperimentConfig, shard_dir: Path) -> tuple[list[dict], dict]:
         provenance[name] = {"format": source_cfg.format, "kind": source_cfg.kind,
                             "embodiment": source_cfg.embodiment, "description": source_cfg.description,
                             "episodes_listed": len(specs)}
-        per_shard = cfg.data.episodes_per_shard
-        for i in range(0, len(specs), per_shard):
-            jobs.append({"source": name, "source_cfg": source_cfg.model_dump(mode="json"),
+        per_task = cfg.data.episodes_per_task
+        for i in range(0, len(specs), per_task):
+            jobs.append({"key": f"{name}-{i // per_task:05d}", "source": name, "build_hash": build_hash,
+                         "source_cfg": source_cfg.model_dump(mode="json"), "out_dir": str(shard_dir),
                          "data": cfg.data.model_dump(mode="json"), "vae": cfg.model.vae.model_dump(mode="json"),
-                         "path": str(shard_dir / f"{name}-{i // per_shard:05d}.tar"),
-                         "specs": specs[i:i + per_shard]})
+                         "specs": specs[i:i + per_task]})
     return jobs, provenance
 
 
-def _run_on_ray(jobs: list[dict], workers: int, address: str | None) -> list[dict]:
+def _finished(shard_dir: Path, build_hash: str) -> dict[str, dict]:
+    """Summaries of the tasks a previous run of this same build completed, by task key."""
+    done = {}
+    for path in shard_dir.glob("*.done.json"):
+        summary = json.loads(path.read_text())
+        parts_whole = all((shard_dir / part["path"]).exists() for part in summary["parts"])
+        if summary.get("build_hash") == build_hash and parts_whole:
+            done[summary["key"]] = summary
+    return done
+
+
+def _run_on_ray(jobs: list[dict], workers: int, address: str | None, console: Console) -> list[dict]:
     import ray
 
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -73,15 +95,20 @@ def _run_on_ray(jobs: list[dict], workers: int, address: str | None) -> list[dic
     if started_here:
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  logging_level="warning", configure_logging=True)
+    summaries = []
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = sys.stdout.isatty()  # logs are not the place for redrawn bars
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours below counts finished tasks
         ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs], override_num_blocks=len(jobs))
-        rows = ds.map(write_shard, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers)).take_all()
+        rows = ds.map(write_shard, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers))
+        with Progress(console=console, disable=not console.is_terminal and not sys.stdout.isatty()) as progress:
+            bar = progress.add_task("building shards", total=len(jobs))
+            for row in rows.iter_rows():
+                summaries.append(json.loads(row["summary"]))
+                progress.advance(bar)
     finally:
         if started_here:  # a local cluster started for this build leaves the cores to training
             ray.shutdown()
-    return sorted((json.loads(r["summary"]) for r in rows), key=lambda s: s["path"])
+    return summaries
 
 
 def _write_outputs(cfg, out: Path, build_hash: str, summaries: list[dict], provenance: dict,
@@ -90,14 +117,18 @@ def _write_outputs(cfg, out: Path, build_hash: str, summaries: list[dict], prove
     with open(out / "quarantine.jsonl", "w") as f:
         for q in quarantine:
             f.write(json.dumps(q) + "\n")
-    (out / "stats.json").write_text(json.dumps(merge_partials([s["stats"] for s in summaries]), indent=1))
+    stats = merge_partials([s["stats"] for s in summaries])
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    shards = [{"source": s["source"], "path": f"shards/{part['path']}", "samples": part["samples"],
+               "bytes": part["bytes"]} for s in summaries for part in s["parts"]]
     sources = {}
     for name, prov in provenance.items():
         mine = [s for s in summaries if s["source"] == name]
         sources[name] = {**prov, "episodes": sum(s["episodes"] for s in mine),
                          "samples": sum(s["samples"] for s in mine),
+                         "hours": round(sum(sum(s["episode_frames"]) / s["fps"] for s in mine) / 3600, 6),
                          "quarantined": sum(len(s["quarantine"]) for s in mine),
-                         "shards": [f"shards/{s['path']}" for s in mine if s["samples"]]}
+                         "shards": [sh["path"] for sh in shards if sh["source"] == name]}
     manifest = {
         "name": cfg.name, "schema_version": SCHEMA_VERSION, "build_config_hash": build_hash,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds": round(seconds, 1),
@@ -106,16 +137,36 @@ def _write_outputs(cfg, out: Path, build_hash: str, summaries: list[dict], prove
         "action_frames": cfg.data.action_frames,
         "latents": make_vae(cfg.model.vae).cache_id if cfg.data.cache_latents else None,
         "resolution": list(cfg.data.resolution), "fps": cfg.data.fps,
-        "shards": [{"source": s["source"], "path": f"shards/{s['path']}", "samples": s["samples"],
-                    "episodes": s["episodes"], "bytes": s["bytes"]} for s in summaries],
-        "sources": sources,
-        "samples": sum(s["samples"] for s in summaries), "bytes": sum(s["bytes"] for s in summaries),
+        "shards": shards, "sources": sources,
+        "samples": sum(s["samples"] for s in summaries), "bytes": sum(sh["bytes"] for sh in shards),
         "quarantined": len(quarantine),
     }
+    _write_report(out, manifest, summaries, stats, quarantine)
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / "manifest.json")  # the manifest marks a complete build
     return manifest
+
+
+def _write_report(out: Path, manifest: dict, summaries: list[dict], stats: dict, quarantine: list[dict]) -> None:
+    """build_report.json (clips, hours, per source and embodiment, rejects by reason) and data_card.png."""
+    from wamforge.data_pipeline.build.data_card import plot_data_card
+
+    by_embodiment: dict[str, Counter] = {}
+    for name, source in manifest["sources"].items():
+        row = by_embodiment.setdefault(source["embodiment"], Counter())
+        row.update({"episodes": source["episodes"], "clips": source["samples"], "hours": source["hours"]})
+    report = {"clips": manifest["samples"], "hours": round(sum(s["hours"] for s in manifest["sources"].values()), 6),
+              "bytes": manifest["bytes"], "seconds": manifest["build_seconds"],
+              "sources": {n: {k: s[k] for k in ("kind", "embodiment", "episodes", "samples", "hours", "quarantined")}
+                          for n, s in manifest["sources"].items()},
+              "embodiments": {e: dict(c) for e, c in by_embodiment.items()},
+              "rejects_by_reason": dict(Counter(q["reason"].split(":")[0] for q in quarantine))}
+    (out / "build_report.json").write_text(json.dumps(report, indent=1))
+    lengths = {}
+    for s in summaries:
+        lengths.setdefault(s["source"], []).extend(s["episode_frames"])
+    plot_data_card(out / "data_card.png", manifest["name"], lengths, stats)
 
 
 def _print_card(console: Console, manifest: dict) -> None:

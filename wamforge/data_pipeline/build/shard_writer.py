@@ -24,44 +24,81 @@ from wamforge.model_zoo.vae import encode_views, make_vae
 
 
 def write_shard(task: dict) -> dict:
-    """One Ray Data row in, one summary row out. `task` holds JSON so Arrow never sees nested specs."""
+    """One Ray Data row in, one summary row out: a task's episodes -> shard files of at most
+    `shard_mb` each (`<key>-NNN.tar`), then `<key>.done.json`, which marks the task complete so a
+    resumed build skips it. `task` holds JSON so Arrow never sees nested specs."""
     job = json.loads(task["job"])
     data = DataConfig.model_validate(job["data"])
     source_cfg = SourceConfig.model_validate(job["source_cfg"])
     source = make_source(job["source"], source_cfg, data)
     vae = make_vae(VAEConfig.model_validate(job["vae"])) if data.cache_latents else None
-    path = Path(job["path"])
-    tmp = path.with_name(path.name + ".tmp")
+    out_dir, key = Path(job["out_dir"]), job["key"]
+    for stale in out_dir.glob(f"{key}-*.tar*"):  # parts of an interrupted or older attempt
+        stale.unlink()
 
-    samples, episodes, quarantine = 0, 0, []
+    sink = _RollingShards(out_dir, key, int(data.shard_mb * 2**20))
+    samples, lengths, quarantine = 0, [], []
     stats: dict[str, dict[str, RunningStats]] = {}
-    with wds.TarWriter(str(tmp)) as sink:
-        for spec in job["specs"]:
-            try:
-                episode = source.load(spec)
-                episode.validate()
-                windows = list(clip_windows(episode, data))
-                if not windows:
-                    raise ValueError(f"episode has {len(episode.frames)} frames, fewer than the "
-                                     f"{(data.clip_frames - 1) * data.frame_stride + 1} a window spans "
-                                     f"(clip_frames={data.clip_frames}, frame_stride={data.frame_stride})")
-            except Exception as err:  # every failure is recorded, never fatal to the build
-                quarantine.append({"source": job["source"], "spec": spec,
-                                   "reason": f"{type(err).__name__}: {err}",
-                                   "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
-                continue
-            for sample in windows:
-                if vae is not None:
-                    add_latents(sample, vae)
-                sink.write(sample)
-            samples += len(windows)
-            episodes += 1
-            _update_stats(stats, episode)
-    os.replace(tmp, path)  # a shard appears whole or not at all
-    return {"summary": json.dumps({
-        "source": job["source"], "path": path.name, "samples": samples, "episodes": episodes,
-        "bytes": path.stat().st_size, "quarantine": quarantine,
-        "stats": {e: {k: s.to_partial() for k, s in f.items()} for e, f in stats.items()}})}
+    for spec in job["specs"]:
+        try:
+            episode = source.load(spec)
+            episode.validate()
+            windows = list(clip_windows(episode, data))
+            if not windows:
+                raise ValueError(f"episode has {len(episode.frames)} frames, fewer than the "
+                                 f"{(data.clip_frames - 1) * data.frame_stride + 1} a window spans "
+                                 f"(clip_frames={data.clip_frames}, frame_stride={data.frame_stride})")
+        except Exception as err:  # every failure is recorded, never fatal to the build
+            quarantine.append({"source": job["source"], "spec": spec, "reason": f"{type(err).__name__}: {err}",
+                               "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
+            continue
+        for sample in windows:
+            if vae is not None:
+                add_latents(sample, vae)
+            sink.write(sample)
+        samples += len(windows)
+        lengths.append(len(episode.frames))
+        _update_stats(stats, episode)
+    parts = sink.close()
+    summary = {"key": key, "build_hash": job["build_hash"], "source": job["source"], "parts": parts,
+               "samples": samples, "episodes": len(lengths), "episode_frames": lengths, "fps": data.fps,
+               "quarantine": quarantine,
+               "stats": {e: {k: s.to_partial() for k, s in f.items()} for e, f in stats.items()}}
+    done = out_dir / f"{key}.done.json"
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, done)  # written last: a task is complete exactly when this file exists
+    return {"summary": json.dumps(summary)}
+
+
+class _RollingShards:
+    """WebDataset tar files `<key>-NNN.tar`, each closed past `limit` bytes and renamed into place whole."""
+
+    def __init__(self, out_dir: Path, key: str, limit: int):
+        self.out_dir, self.key, self.limit = out_dir, key, limit
+        self.parts: list[dict] = []
+        self.writer = None
+
+    def write(self, sample: dict) -> None:
+        if self.writer is None:
+            self.path = self.out_dir / f"{self.key}-{len(self.parts):03d}.tar"
+            self.writer = wds.TarWriter(str(self.path.with_name(self.path.name + ".tmp")))
+            self.count = 0
+        self.writer.write(sample)
+        self.count += 1
+        if self.writer.tarstream.fileobj.tell() >= self.limit:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.writer.close()
+        os.replace(self.path.with_name(self.path.name + ".tmp"), self.path)
+        self.parts.append({"path": self.path.name, "samples": self.count, "bytes": self.path.stat().st_size})
+        self.writer = None
+
+    def close(self) -> list[dict]:
+        if self.writer is not None:
+            self._finish()
+        return self.parts
 
 
 def window_starts(length: int, data: DataConfig) -> list[int]:
