@@ -2,8 +2,10 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/experiments/quickstart.yaml
-# MuJoCo renders headless through EGL (Mesa's software path on CPU machines, the driver on GPUs).
-SYSTEM_PACKAGES := libegl1 libgl1 libosmesa6 libglib2.0-0
+# MuJoCo renders headless through EGL (Mesa's software path on CPU machines, the driver on GPUs);
+# torchcodec loads the system's FFmpeg libraries (libavdevice pulls in the rest: 59 on Debian 12, 61 on 13).
+FFMPEG_LIBS := $(shell apt-cache show libavdevice61 >/dev/null 2>&1 && echo libavdevice61 || echo libavdevice59)
+SYSTEM_PACKAGES := libegl1 libgl1 libosmesa6 libglib2.0-0 $(FFMPEG_LIBS)
 export MUJOCO_GL ?= egl
 
 .PHONY: setup system-packages demo test clean
@@ -17,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	# the CPU build of torch first, so that no dependency pulls a CUDA build on CPU machines
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# torchcodec's wheel is built against one torch release: no deps, so it cannot swap torch
+	$(PY) -m pip install -q --no-deps torchcodec==0.13.0
 	touch $@
 
 system-packages:

@@ -118,7 +118,8 @@ def write_lerobot_v30(root: Path, lengths: list[int]) -> Path:
 
 
 def write_robomimic(path: Path, lengths: list[int], libero: bool = False, broken: dict | None = None) -> Path:
-    """robomimic's layout (LIBERO's with libero=True). broken: {demo index: "no_obs" | "grey_image"}."""
+    """robomimic's layout (LIBERO's with libero=True). broken: {demo index: "no_obs" | "grey_image" |
+    "nan_actions" | "short_images" | "empty"}."""
     import h5py
 
     broken = broken or {}
@@ -130,17 +131,70 @@ def write_robomimic(path: Path, lengths: list[int], libero: bool = False, broken
         if libero:
             data.attrs["problem_info"] = json.dumps({"language_instruction": "put the bowl on the plate"})
         for e, n in enumerate(lengths):
+            n = 0 if broken.get(e) == "empty" else n
             demo = data.create_group(f"demo_{e}")
             demo.attrs["num_samples"] = n
-            demo.create_dataset("actions", data=rows(e, n, dim=7).astype(np.float64))
+            actions = rows(e, n, dim=7).astype(np.float64)
+            if broken.get(e) == "nan_actions":
+                actions[n // 2, 3] = np.inf
+            demo.create_dataset("actions", data=actions)
             demo.create_dataset("rewards", data=np.zeros(n))
             if broken.get(e) == "no_obs":
                 continue
             obs = demo.create_group("obs")
             for c, cam in enumerate(["agentview", "robot0_eye_in_hand"]):
-                images = frames(e, n, c)
+                images = frames(e, n - 2 if broken.get(e) == "short_images" else n, c)
                 obs.create_dataset(f"{cam}_image", data=images[..., 0] if broken.get(e) == "grey_image" else images)
             obs.create_dataset("robot0_eef_pos", data=rows(e, n, dim=3))
             obs.create_dataset("robot0_eef_quat", data=np.tile([0, 0, 0, 1.0], (n, 1)))
             obs.create_dataset("robot0_gripper_qpos", data=np.full((n, 2), 0.04))
     return path
+
+
+def moving_square(length: int, background: tuple[int, int, int], size: int = SIZE) -> np.ndarray:
+    """A white square sliding across a flat background: motion a clip filter accepts."""
+    out = np.empty((length, size, size, 3), np.uint8)
+    out[:] = background
+    for i in range(length):
+        x = (2 * i) % (size - 8)
+        out[i, 10:18, x:x + 8] = 255
+    return out
+
+
+def write_web_videos(root: Path) -> Path:
+    """A WebVid-style folder: a two-shot video, a static and a blank one, a csv listing with one
+    line that is not UTF-8, and a tar shard with captioned members and one escaping name."""
+    import io
+    import tarfile
+
+    root.mkdir(parents=True)
+    two_shots = np.concatenate([moving_square(30, (200, 40, 40)), moving_square(30, (40, 40, 200))])
+    (root / "two_shots.mp4").write_bytes(encode_mp4(two_shots, 10))
+    (root / "static.mp4").write_bytes(encode_mp4(np.repeat(moving_square(1, (90, 160, 90)), 20, 0), 10))
+    (root / "blank.mp4").write_bytes(encode_mp4(np.zeros((20, SIZE, SIZE, 3), np.uint8), 10))
+    (root / "bad_caption.mp4").write_bytes(encode_mp4(moving_square(20, (120, 120, 30)), 10))
+    (root / "captions.csv").write_bytes(b"videoid,name\n"
+                                        b"two_shots,a red scene then a blue one\n"
+                                        b"static,a still garden\n"
+                                        b"blank,darkness\n"
+                                        b"bad_caption,caf\xe9 latin-1 bytes\n")
+    with tarfile.open(root / "shard-000.tar", "w") as tar:
+        for name, payload in [("clip_a.mp4", encode_mp4(moving_square(20, (30, 140, 140)), 10)),
+                              ("clip_a.txt", b"a teal scene"),
+                              ("../evil.mp4", encode_mp4(moving_square(20, (30, 30, 30)), 10))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return root
+
+
+def write_egocentric(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "hands").mkdir()
+    (root / "kitchen.mp4").write_bytes(encode_mp4(moving_square(40, (150, 110, 70)), 10))
+    hands = np.stack([np.arange(40) * 0.01 + k for k in range(6)], axis=1).astype(np.float32)
+    np.save(root / "hands" / "kitchen.npy", hands)
+    (root / "narrations.jsonl").write_text(
+        json.dumps({"video": "kitchen.mp4", "start": 0.0, "end": 1.5, "narration": "pick up the knife"}) + "\n" +
+        json.dumps({"video": "kitchen.mp4", "start": 2.0, "end": 3.8, "narration": "cut the onion"}) + "\n")
+    return root

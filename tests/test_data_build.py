@@ -79,7 +79,7 @@ def test_short_episode_is_quarantined_with_reason(tmp_path):
     manifest = build_dataset(validate(raw))
     assert manifest["samples"] == 0 and manifest["quarantined"] == 2
     reasons = (RunPaths.of(validate(raw)).data / "quarantine.jsonl").read_text()
-    assert "fewer than the 9 a window spans (clip_frames=9, frame_stride=1)" in reasons
+    assert "too short: 6 frames, a window needs 9" in reasons
 
 
 def test_sample_keys_cannot_escape_the_shard():

@@ -109,3 +109,65 @@ def test_robomimic_bad_demo_is_one_clear_error(tmp_path, kind, message):
     source.load(specs[0]), source.load(specs[2])
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         source.load(specs[1])
+
+
+def build_one_source(tmp_path, source: dict):
+    raw = tiny_config(tmp_path)
+    raw["data"]["sources"] = {"src": source}
+    raw["model"]["max_action_dim"] = raw["model"]["max_proprio_dim"] = 16
+    for stage in raw["stages"]:
+        stage["mixture"] = {"weights": {"src": 1.0}}
+    cfg = validate(raw)
+    manifest = build_dataset(cfg)
+    out = RunPaths.of(cfg).data
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    metas = [json.loads(s["json"]) for shard in manifest["shards"]
+             for s in wds.WebDataset(str(out / shard["path"]), shardshuffle=False)]
+    return manifest, quarantine, metas
+
+
+def test_web_video_is_cut_into_clips_and_bad_inputs_are_quarantined(tmp_path):
+    root = formats.write_web_videos(tmp_path / "web")
+    manifest, quarantine, metas = build_one_source(tmp_path, {
+        "format": "video_folder", "kind": "internet", "embodiment": "none", "path": str(root),
+        "caption_file": "captions.csv", "cut_threshold": 0.5, "clip_seconds": 2.0})
+    episodes = {m["episode"]: m["language"] for m in metas}
+    # two shots of 3 s, each cut at 2 s: 4 clips, the 1 s remainders too short for nothing (9 frames fit)
+    assert sorted(episodes) == ["shard-000/clip_a", "two_shots_clip000", "two_shots_clip001",
+                                "two_shots_clip002", "two_shots_clip003"]
+    assert episodes["two_shots_clip002"] == "a red scene then a blue one" and episodes["shard-000/clip_a"] == "a teal scene"
+    reasons = {(q["episode"] or q["spec"]["episode"]): q["reason"] for q in quarantine}
+    assert reasons["static"].startswith("static: mean frame difference")
+    assert reasons["blank"].startswith("blank: pixel std")
+    assert "caption line 5 of captions.csv is not valid UTF-8" in reasons["bad_caption"]
+    assert "'../evil.mp4' escapes the archive's folder" in reasons["shard-000/../evil"]
+    assert len(quarantine) == 4 and manifest["quarantined"] == 4
+
+
+def test_egocentric_narrations_become_human_episodes_with_hand_actions(tmp_path):
+    root = formats.write_egocentric(tmp_path / "ego")
+    cfg = SourceConfig(format="egocentric", kind="egocentric", embodiment="human", path=str(root),
+                       caption_file="narrations.jsonl")
+    source = make_source("ego", cfg, DataConfig(sources={}, fps=10.0, resolution=(formats.SIZE, formats.SIZE)))
+    specs = source.episode_specs()
+    assert [s["caption"] for s in specs] == ["pick up the knife", "cut the onion"]
+    second = next(source.clips(specs[1]))
+    second.validate()
+    assert second.language == "cut the onion" and second.frames.shape[:2] == (18, 1)
+    np.testing.assert_allclose(second.actions[:, 0], (20 + np.arange(18)) * 0.01, atol=1e-6)  # rows from 2.0 s
+    np.testing.assert_array_equal(second.actions, second.proprio)
+
+
+def test_every_bad_demo_is_quarantined_with_its_reason_and_the_good_ones_built(tmp_path):
+    broken = {1: "no_obs", 2: "grey_image", 3: "nan_actions", 4: "short_images", 5: "empty"}
+    path = formats.write_robomimic(tmp_path / "demos.hdf5", [24] * 7, broken=broken)  # 20 Hz -> 12 frames at 10
+    manifest, quarantine, metas = build_one_source(tmp_path, {
+        "format": "robomimic", "kind": "teleop", "embodiment": "franka", "path": str(path)})
+    assert {m["episode"] for m in metas} == {"demos_demo_0", "demos_demo_6"}
+    reasons = {q["spec"]["demo"]: q["reason"] for q in quarantine}
+    assert reasons == {
+        "demo_1": "ValueError: demo_1 has no 'obs' group or dataset (members: actions, rewards)",
+        "demo_2": "ValueError: camera agentview: images must be uint8 [N, H, W, 3], got uint8 (24, 32, 32)",
+        "demo_3": "ValueError: actions contain NaN or infinite values",
+        "demo_4": "ValueError: camera agentview has 22 frames but actions has 24 steps",
+        "demo_5": "ValueError: demo_5 is empty (0 steps)"}

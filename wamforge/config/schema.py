@@ -20,7 +20,7 @@ class ProceduralVideo(Strict):
 
 
 class SourceConfig(Strict):
-    format: Literal["metaworld", "video_folder", "lerobot", "robomimic"]
+    format: Literal["metaworld", "video_folder", "egocentric", "lerobot", "robomimic"]
     kind: Literal["internet", "egocentric", "teleop", "sim", "synthetic"]
     embodiment: str
     description: str = ""
@@ -33,7 +33,10 @@ class SourceConfig(Strict):
     # video_folder
     path: str | None = None
     generate: ProceduralVideo | None = None
-    caption_file: str = "captions.jsonl"
+    caption_file: str = "captions.jsonl"  # .jsonl or .csv: video (or path, videoid), caption (or name), start, end
+    clip_seconds: float | None = Field(None, gt=0)  # split long videos into clips of at most this long
+    cut_threshold: float | None = Field(None, gt=0)  # split at shot cuts (histogram distance 0..2); None: no cuts
+    reject_static_blank: bool = True  # quarantine clips with almost no motion or no contrast
     # recorded robot data (lerobot, robomimic): which cameras, state fields and action field to read;
     # empty means the format's usual names (all cameras; observation.state / robot0_eef_* ; action(s))
     cameras: list[str] = []

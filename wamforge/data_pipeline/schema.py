@@ -30,6 +30,8 @@ class Episode:
     def validate(self) -> None:
         """Raise ValueError with one sentence naming what is wrong."""
         f = self.frames
+        if len(f) == 0:
+            raise ValueError("the episode is empty (0 frames)")
         if f.ndim != 5 or f.shape[-1] != 3 or f.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [N, V, H, W, 3], got {f.dtype} {tuple(f.shape)}")
         if f.shape[1] != len(self.views):

@@ -1,15 +1,16 @@
-"""mp4 encode (PyAV/libx264) and decode (decord, PyAV where decord is unavailable).
+"""mp4 encode (PyAV/libx264) and decode (through decoders.py: decord, torchcodec or PyAV).
 
 Several camera views travel in one mp4, tiled left to right; the sample's json names them.
 """
 from __future__ import annotations
 
 import io
-from functools import lru_cache
 
 import av
 import numpy as np
 import torch
+
+from wamforge.data_pipeline.decoders import ReaderCache, default_backend, open_reader
 
 
 class VideoDecodeError(ValueError):
@@ -49,21 +50,18 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     return buf.getvalue()
 
 
-def decode_mp4(data: bytes) -> np.ndarray:
+def decode_mp4(data: bytes, backend: str | None = None) -> np.ndarray:
     """mp4 bytes -> uint8 [T, H, W, 3]; raises VideoDecodeError with the reason.
 
-    decord first (fastest); PyAV where decord is missing or refuses a stream it cannot copy out
-    (e.g. frames narrower than its row alignment)."""
-    decord = _decord()
+    The default decoder first (see decoders.py); PyAV where it refuses a stream it cannot copy out
+    (decord, for frames narrower than its row alignment)."""
     try:
-        if decord is None:
-            raise RuntimeError("decord is not installed")
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+        reader = open_reader(data, backend)
+        frames = reader.get(range(len(reader)))
     except Exception:
         try:
-            with av.open(io.BytesIO(data)) as container:
-                frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            reader = open_reader(data, "pyav")
+            frames = reader.get(range(len(reader)))
         except Exception as err:  # decoders raise many types for corrupt input
             raise VideoDecodeError(f"video could not be decoded ({type(err).__name__}: {err})") from None
     if frames.ndim != 4 or len(frames) == 0:
@@ -71,11 +69,29 @@ def decode_mp4(data: bytes) -> np.ndarray:
     return frames
 
 
+_FILE_READERS = ReaderCache(capacity=4)  # per process: files that pack many episodes are opened once
+
+
 def read_video_file(path, start_s: float = 0.0, end_s: float | None = None) -> tuple[np.ndarray, float]:
-    """A video file on disk -> (uint8 [T, H, W, 3], fps), optionally only the frames whose
-    timestamps fall in [start_s, end_s) (one episode of a file that packs many)."""
+    """A video file (a path, or a binary file object) -> (uint8 [T, H, W, 3], fps), optionally only
+    the frames whose timestamps fall in [start_s, end_s) (one episode of a file that packs many).
+    Files go through the cached default decoder; PyAV decodes file objects and is the fallback."""
+    if not hasattr(path, "read") and default_backend() != "pyav":
+        try:
+            reader = _FILE_READERS(path)
+            fps = reader.fps or 30.0
+            first = round(start_s * fps)
+            stop = len(reader) if end_s is None else min(len(reader), round(end_s * fps))
+            if stop > first:
+                return reader.get(range(first, stop)), fps
+        except Exception:
+            pass  # PyAV below gives the reason, if there is one
+    return _read_with_pyav(path, start_s, end_s)
+
+
+def _read_with_pyav(path, start_s: float, end_s: float | None) -> tuple[np.ndarray, float]:
     try:
-        with av.open(str(path)) as container:
+        with av.open(path if hasattr(path, "read") else str(path)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or 0) or 30.0
             if start_s > 0:  # jump to the keyframe before start_s instead of decoding from the top
@@ -94,15 +110,6 @@ def read_video_file(path, start_s: float = 0.0, end_s: float | None = None) -> t
     if not frames:
         raise VideoDecodeError(f"video {path} holds no frames" + (f" in [{start_s}, {end_s}) s" if end_s else ""))
     return np.stack(frames), fps
-
-
-@lru_cache(maxsize=1)
-def _decord():
-    try:
-        import decord
-    except ImportError:  # decord ships no wheels for some platforms; PyAV decodes there
-        return None
-    return decord
 
 
 def resample_indices(length: int, src_fps: float, dst_fps: float) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import webdataset as wds
 from wamforge.config.schema import DataConfig, SourceConfig, VAEConfig
 from wamforge.data_pipeline.schema import SCHEMA_VERSION, Episode, sample_key
 from wamforge.data_pipeline.sources import make_source
+from wamforge.data_pipeline.sources.clips import Rejected
 from wamforge.data_pipeline.stats import RunningStats
 from wamforge.data_pipeline.video import decode_mp4, encode_mp4, tile_views, untile_views, video_to_tensor
 from wamforge.model_zoo.vae import encode_views, make_vae
@@ -39,26 +39,37 @@ def write_shard(task: dict) -> dict:
     sink = _RollingShards(out_dir, key, int(data.shard_mb * 2**20))
     samples, lengths, quarantine = 0, [], []
     stats: dict[str, dict[str, RunningStats]] = {}
+    def reject(spec: dict, reason: str, episode: str | None = None) -> None:
+        quarantine.append({"source": job["source"], "spec": spec, "episode": episode, "reason": reason})
+
     for spec in job["specs"]:
-        try:
-            episode = source.load(spec)
-            episode.validate()
-            windows = list(clip_windows(episode, data))
-            if not windows:
-                raise ValueError(f"episode has {len(episode.frames)} frames, fewer than the "
-                                 f"{(data.clip_frames - 1) * data.frame_stride + 1} a window spans "
-                                 f"(clip_frames={data.clip_frames}, frame_stride={data.frame_stride})")
+        try:  # an adapter with clips() may cut one listed video into several episodes
+            items = list(source.clips(spec)) if hasattr(source, "clips") else [source.load(spec)]
         except Exception as err:  # every failure is recorded, never fatal to the build
-            quarantine.append({"source": job["source"], "spec": spec, "reason": f"{type(err).__name__}: {err}",
-                               "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
+            reject(spec, f"{type(err).__name__}: {err}")
             continue
-        for sample in windows:
-            if vae is not None:
-                add_latents(sample, vae)
-            sink.write(sample)
-        samples += len(windows)
-        lengths.append(len(episode.frames))
-        _update_stats(stats, episode)
+        for episode in items:
+            if isinstance(episode, Rejected):
+                reject(spec, episode.reason, episode.episode)
+                continue
+            try:
+                episode.validate()
+                windows = list(clip_windows(episode, data))
+                if not windows:
+                    raise ValueError(f"episode has {len(episode.frames)} frames, fewer than the "
+                                     f"{(data.clip_frames - 1) * data.frame_stride + 1} a window spans "
+                                     f"(clip_frames={data.clip_frames}, frame_stride={data.frame_stride})")
+                for sample in windows:
+                    if vae is not None:
+                        add_latents(sample, vae)
+            except Exception as err:
+                reject(spec, f"{type(err).__name__}: {err}", episode.episode)
+                continue
+            for sample in windows:
+                sink.write(sample)
+            samples += len(windows)
+            lengths.append(len(episode.frames))
+            _update_stats(stats, episode)
     parts = sink.close()
     summary = {"key": key, "build_hash": job["build_hash"], "source": job["source"], "parts": parts,
                "samples": samples, "episodes": len(lengths), "episode_frames": lengths, "fps": data.fps,

@@ -13,6 +13,7 @@ from wamforge.config.schema import DataConfig, SourceConfig
 ADAPTERS = {
     "metaworld": "wamforge.data_pipeline.sources.metaworld:MetaWorldSource",
     "video_folder": "wamforge.data_pipeline.sources.video_folder:VideoFolderSource",
+    "egocentric": "wamforge.data_pipeline.sources.egocentric:EgocentricSource",
     "lerobot": "wamforge.data_pipeline.sources.lerobot:LeRobotSource",
     "robomimic": "wamforge.data_pipeline.sources.robomimic:RobomimicSource",
 }

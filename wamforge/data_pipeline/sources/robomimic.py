@@ -53,6 +53,8 @@ class RobomimicSource:
             if "obs" not in demo or self.action_key not in demo:
                 raise ValueError(f"{spec['demo']} has no {'obs' if 'obs' not in demo else self.action_key!r} "
                                f"group or dataset (members: {', '.join(demo.keys())})")
+            if len(demo[self.action_key]) == 0:
+                raise ValueError(f"{spec['demo']} is empty (0 steps)")
             obs = demo["obs"]
             cameras = self.cfg.cameras or sorted(k[: -len("_image")] for k in obs if k.endswith("_image"))
             missing = [c for c in cameras if f"{c}_image" not in obs]
@@ -62,6 +64,9 @@ class RobomimicSource:
             actions = demo[self.action_key][()].astype(np.float32)
             proprio = np.concatenate([obs[k][()].reshape(len(actions), -1) for k in self.state_keys], axis=1)
             language = self.cfg.language or _instruction(data.attrs)
+        for camera, view in zip(cameras, views):
+            if len(view) != len(actions):
+                raise ValueError(f"camera {camera} has {len(view)} frames but {self.action_key} has {len(actions)} steps")
         keep = resample_indices(len(actions), self.fps, self.data.fps)
         return Episode(source=self.name, episode=spec["episode"], kind=self.cfg.kind, embodiment=self.cfg.embodiment,
                        frames=np.stack(views, axis=1)[keep], fps=self.data.fps, views=cameras, language=language,

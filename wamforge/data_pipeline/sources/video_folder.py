@@ -1,17 +1,22 @@
-"""Internet-style video: a folder of videos plus a captions jsonl ({"video": file, "caption": text}).
-
-Action-free: episodes carry video and language only.
+"""Internet-style video (WebVid / Panda-70M style): videos in a folder or in tar archives, with
+captions from a listing (`caption_file`, jsonl or csv; a row may name a [start, end) segment in
+seconds) or from a `.txt`/`.json` member beside each video in a tar. Long videos are split at shot
+cuts (`cut_threshold`) and every `clip_seconds`; blank, static and too-short clips are rejected
+with their reason. Action-free: episodes carry video and language only.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
-from pathlib import Path
+import tarfile
+from pathlib import Path, PurePosixPath
 
 from wamforge.config.schema import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
+from wamforge.data_pipeline.sources.clips import Rejected, histogram_cuts, reject_reason, split_points
 from wamforge.data_pipeline.video import read_video_file, resample_fps, resize_center_crop
 
-SOURCE_FORMAT = "video_folder"
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi"}
 
 
@@ -30,26 +35,108 @@ class VideoFolderSource:
     def episode_specs(self) -> list[dict]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"source '{self.name}': video folder {self.root} does not exist")
-        captions = self._captions()
-        videos = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-        return [{"path": str(p), "episode": p.relative_to(self.root).with_suffix("").as_posix(),
-                 "caption": captions.get(p.relative_to(self.root).as_posix(), "")} for p in videos]
+        listing = read_listing(self.root / self.cfg.caption_file)
+        specs = []
+        for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
+            rel = path.relative_to(self.root).as_posix()
+            specs += _with_segments({"path": str(path), "episode": str(PurePosixPath(rel).with_suffix(""))},
+                                    listing.get(rel))
+        for archive in sorted(self.root.rglob("*.tar")):
+            specs += archive_specs(archive, listing)
+        return specs
 
-    def load(self, spec: dict) -> Episode:
-        frames, fps = read_video_file(spec["path"])
-        frames = resample_fps(frames, fps, self.data.fps)
-        frames = resize_center_crop(frames, tuple(self.data.resolution))
-        return Episode(source=self.name, episode=spec["episode"], kind=self.cfg.kind,
-                       embodiment=self.cfg.embodiment, frames=frames[:, None], fps=self.data.fps,
-                       views=["main"], language=spec["caption"], extra={"file": Path(spec["path"]).name})
+    def clips(self, spec: dict):
+        """The spec's video as Episodes, one per clip, or Rejected clips with their reason."""
+        if "error" in spec:
+            raise ValueError(spec["error"])
+        frames, fps = read_spec_video(spec)
+        frames = resize_center_crop(resample_fps(frames, fps, self.data.fps), tuple(self.data.resolution))
+        cuts = histogram_cuts(frames, self.cfg.cut_threshold) if self.cfg.cut_threshold else []
+        ranges = split_points(len(frames), self.data.fps, self.cfg.clip_seconds, cuts)
+        min_frames = (self.data.clip_frames - 1) * self.data.frame_stride + 1
+        for i, (start, end) in enumerate(ranges):
+            episode = spec["episode"] if len(ranges) == 1 else f"{spec['episode']}_clip{i:03d}"
+            reason = reject_reason(frames[start:end], min_frames) if self.cfg.reject_static_blank else None
+            if reason is not None:
+                yield Rejected(episode, reason)
+                continue
+            yield Episode(source=self.name, episode=episode, kind=self.cfg.kind, embodiment=self.cfg.embodiment,
+                          frames=frames[start:end, None], fps=self.data.fps, views=["main"],
+                          language=spec.get("caption", ""), extra={"file": spec.get("member") or Path(spec["path"]).name,
+                                                                   "clip": [start, end]})
 
-    def _captions(self) -> dict[str, str]:
-        path = self.root / self.cfg.caption_file
-        if not path.exists():
-            return {}
-        out = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out[row["video"]] = row.get("caption", "")
-        return out
+
+def read_listing(path: Path) -> dict[str, list[dict]]:
+    """Caption rows by video (relative path or archive member). A line that is not UTF-8 becomes a
+    row with an `error`, so only its video is quarantined."""
+    if not path.exists():
+        return {}
+    rows = []
+    raw_lines = path.read_bytes().splitlines()
+    if path.suffix == ".csv":
+        header = next(csv.reader([raw_lines[0].decode("utf-8", "replace")]))
+        for number, raw in enumerate(raw_lines[1:], start=2):
+            fields = dict(zip(header, next(csv.reader([raw.decode("utf-8", "replace")]), [])))
+            rows.append(_row(fields, raw, number, path))
+    else:
+        for number, raw in enumerate(raw_lines, start=1):
+            if raw.strip():
+                rows.append(_row(json.loads(raw.decode("utf-8", "replace")), raw, number, path))
+    listing: dict[str, list[dict]] = {}
+    for row in rows:
+        listing.setdefault(row.pop("video"), []).append(row)
+    return listing
+
+
+def _row(fields: dict, raw: bytes, number: int, path: Path) -> dict:
+    video = fields.get("video") or fields.get("path") or (f"{fields['videoid']}.mp4" if fields.get("videoid") else "")
+    row = {"video": video, "caption": fields.get("caption") or fields.get("narration") or fields.get("name") or ""}
+    if fields.get("start") not in (None, "") and fields.get("end") not in (None, ""):
+        row["segment"] = [float(fields["start"]), float(fields["end"])]
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        row["error"] = f"caption line {number} of {path.name} is not valid UTF-8 ({err.reason} at byte {err.start})"
+    return row
+
+
+def _with_segments(spec: dict, rows: list[dict] | None) -> list[dict]:
+    """One spec per listed segment of a video (or one for the whole video)."""
+    if not rows:
+        return [spec]
+    if len(rows) == 1 and "segment" not in rows[0]:
+        return [{**spec, **rows[0]}]
+    return [{**spec, **row, "episode": f"{spec['episode']}_seg{i:03d}"} for i, row in enumerate(rows)]
+
+
+def archive_specs(archive: Path, listing: dict) -> list[dict]:
+    """Video members of a tar, captioned by the listing or a same-stem .txt/.json member. Members are
+    read in memory, never extracted; one whose name could escape a folder is turned down."""
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        specs = []
+        for name in sorted(members):
+            if PurePosixPath(name).suffix.lower() not in VIDEO_SUFFIXES:
+                continue
+            episode = f"{archive.stem}/{PurePosixPath(name).with_suffix('')}"
+            spec = {"archive": str(archive), "member": name, "episode": episode}
+            if name.startswith("/") or ".." in PurePosixPath(name).parts:
+                specs.append({**spec, "error": f"archive member name {name!r} escapes the archive's folder"})
+                continue
+            stem = str(PurePosixPath(name).with_suffix(""))
+            if f"{stem}.txt" in members:
+                spec["caption"] = tar.extractfile(members[f"{stem}.txt"]).read().decode("utf-8", "replace").strip()
+            elif f"{stem}.json" in members:
+                spec["caption"] = json.loads(tar.extractfile(members[f"{stem}.json"]).read()).get("caption", "")
+            specs += _with_segments(spec, listing.get(name))
+    return specs
+
+
+def read_spec_video(spec: dict):
+    """(frames, fps) of a spec's video file or archive member, cut to its segment if it has one."""
+    start, end = spec.get("segment") or (0.0, None)
+    if "archive" in spec:
+        with tarfile.open(spec["archive"]) as tar:
+            data = tar.extractfile(spec["member"]).read()
+        return read_video_file(io.BytesIO(data), start, end)
+    return read_video_file(spec["path"], start, end)
