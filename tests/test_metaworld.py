@@ -125,3 +125,26 @@ def test_evaluate_compares_three_controllers_on_the_same_seeds(tmp_path):
     assert 0 <= policy["latency_ms"]["p50"] <= policy["latency_ms"]["p95"]
     assert policy["peak_memory_mb"]["rss"] > 0
     assert report["execute_steps"] == 4 and report["config"]["max_steps"] == 80
+
+
+def test_several_cameras_record_the_same_steps():
+    cfg = SourceConfig(format="metaworld", kind="sim", embodiment="sawyer", tasks=["drawer-close-v3"],
+                       episodes_per_task=1, max_steps=20, cameras=["corner", "topview", "corner2"])
+    source = MetaWorldSource("sim", cfg, DataConfig(sources={"sim": cfg}))
+    episode = source.load(source.episode_specs()[0])
+    episode.validate()
+    assert episode.views == ["corner", "topview", "corner2"] and episode.frames.shape[1] == 3
+    single = make_source(tasks=("drawer-close-v3",), episodes=1, max_steps=20).load(source.episode_specs()[0])
+    np.testing.assert_array_equal(episode.frames[:, 0], single.frames[:, 0])  # the env's own camera, unchanged
+    np.testing.assert_array_equal(episode.actions, single.actions)
+    views = episode.frames[0].reshape(3, -1).astype(float)
+    assert np.abs(views[0] - views[1]).mean() > 10 and np.abs(views[0] - views[2]).mean() > 10  # other viewpoints
+    assert all(table_fraction(v) > 0.02 for v in episode.frames[0])  # each view upright enough to see the table
+
+
+def test_an_unknown_camera_is_one_clear_error():
+    cfg = SourceConfig(format="metaworld", kind="sim", embodiment="sawyer", tasks=["reach-v3"],
+                       episodes_per_task=1, max_steps=10, cameras=["corner", "ceiling"])
+    source = MetaWorldSource("sim", cfg, DataConfig(sources={"sim": cfg}))
+    with pytest.raises(ValueError, match=r"Meta-World has no cameras \['ceiling'\]"):
+        source.load(source.episode_specs()[0])

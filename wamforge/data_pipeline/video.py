@@ -35,7 +35,12 @@ def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
-    """uint8 [T, H, W, 3] -> H.264 mp4 bytes (even sizes, as yuv420p requires)."""
+    """uint8 [T, H, W, 3] -> H.264 mp4 bytes (even sizes, as yuv420p requires).
+
+    One encoder thread (builds run a task per core) and explicit timestamps make x264's output a
+    function of its input, so shards come out byte-identical run after run. Below 128 px a side,
+    x264's SIMD kernels were seen to vary between processes (64x64), so there its C kernels run:
+    3x slower, and still a small share of a build at that size."""
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"video frames must have even height and width for H.264, got {h}x{w}")
@@ -43,9 +48,12 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     with av.open(buf, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=max(1, round(fps)))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "fastdecode"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "fastdecode", "threads": "1",
+                          **({"x264-params": "asm=0"} if min(h, w) < 128 else {})}
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            video_frame.pts = i  # explicit timestamps: x264's rate control reads them
+            container.mux(stream.encode(video_frame))
         container.mux(stream.encode())
     return buf.getvalue()
 

@@ -27,6 +27,7 @@ def write_shard(task: dict) -> dict:
     """One Ray Data row in, one summary row out: a task's episodes -> shard files of at most
     `shard_mb` each (`<key>-NNN.tar`), then `<key>.done.json`, which marks the task complete so a
     resumed build skips it. `task` holds JSON so Arrow never sees nested specs."""
+    torch.set_num_threads(1)  # one task per core; threads inside a task would only contend
     job = json.loads(task["job"])
     data = DataConfig.model_validate(job["data"])
     source_cfg = SourceConfig.model_validate(job["source_cfg"])
@@ -93,7 +94,8 @@ class _RollingShards:
     def write(self, sample: dict) -> None:
         if self.writer is None:
             self.path = self.out_dir / f"{self.key}-{len(self.parts):03d}.tar"
-            self.writer = wds.TarWriter(str(self.path.with_name(self.path.name + ".tmp")))
+            # a fixed member mtime: the same inputs give byte-identical shards
+            self.writer = wds.TarWriter(str(self.path.with_name(self.path.name + ".tmp")), mtime=0)
             self.count = 0
         self.writer.write(sample)
         self.count += 1

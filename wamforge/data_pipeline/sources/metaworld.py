@@ -23,7 +23,9 @@ class MetaWorldSource:
     def load(self, spec: dict) -> Episode:
         """Roll out the expert; frame t is what it saw before taking action t. Failures are kept."""
         task, seed = spec["task"], spec["seed"]
-        env = mw.make_env(task, seed, self.cfg.camera, self.data.resolution, self.cfg.max_steps)
+        cameras = self.cfg.cameras or [self.cfg.camera]  # the first one is the env's own
+        env = mw.make_env(task, seed, cameras[0], self.data.resolution, self.cfg.max_steps)
+        extra_views = mw.ExtraViews(env, cameras[1:], tuple(self.data.resolution))
         policy = mw.expert(task)
         frames, actions, proprio = [], [], []
         success_step = None  # index of the first frame that shows the task solved
@@ -31,7 +33,7 @@ class MetaWorldSource:
             obs, _ = env.reset(seed=seed)
             while True:
                 action = mw.clip_action(env, policy.get_action(obs))
-                frames.append(mw.render(env))
+                frames.append(np.stack([mw.render(env), *extra_views()]))
                 actions.append(action)
                 proprio.append(mw.proprio(obs))
                 obs, _, terminated, truncated, info = env.step(action)
@@ -41,15 +43,16 @@ class MetaWorldSource:
                 if terminated or truncated or settled:
                     break
         finally:
+            extra_views.close()
             env.close()
         return Episode(
             source=self.name,
             episode=f"{task}_{spec['index']:04d}",
             kind=self.cfg.kind,
             embodiment=self.cfg.embodiment,
-            frames=np.stack(frames)[:, None],
+            frames=np.stack(frames),
             fps=self.data.fps,
-            views=[self.cfg.camera],
+            views=cameras,
             language=mw.instruction(task),
             actions=np.stack(actions),
             proprio=np.stack(proprio),

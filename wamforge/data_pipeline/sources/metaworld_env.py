@@ -11,6 +11,8 @@ import zlib
 
 # Headless rendering; must be chosen before mujoco is first imported. A user's choice wins.
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Mesa's software rasterizer would spread each render over every core; builds run a task per core
+os.environ.setdefault("LP_NUM_THREADS", "1")
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -101,6 +103,34 @@ def make_env(task: str, seed: int, camera: str = "corner", resolution: tuple[int
 def render(env: gym.Env) -> np.ndarray:
     """The current camera image, uint8 [H, W, 3], upright."""
     return np.ascontiguousarray(env.render(), dtype=np.uint8)
+
+
+class ExtraViews:
+    """More cameras of the same scene, rendered upright beside the env's own: [V, H, W, 3]."""
+
+    def __init__(self, env: gym.Env, cameras: list[str], resolution: tuple[int, int]):
+        import mujoco
+
+        raw = env.unwrapped
+        unknown = [c for c in cameras if mujoco.mj_name2id(raw.model, mujoco.mjtObj.mjOBJ_CAMERA, c) < 0]
+        if unknown:
+            raise ValueError(f"Meta-World has no cameras {unknown}; it has corner, corner2, corner3, topview, "
+                             f"behindGripper, gripperPOV")
+        self.raw, self.cameras = raw, cameras
+        self.renderer = mujoco.Renderer(raw.model, *resolution) if cameras else None
+        self.flip = [bool(raw.data.cam(c).xmat.reshape(3, 3)[2, 1] < 0) for c in cameras]
+
+    def __call__(self) -> list[np.ndarray]:
+        views = []
+        for camera, flip in zip(self.cameras, self.flip):
+            self.renderer.update_scene(self.raw.data, camera=camera)
+            image = self.renderer.render()
+            views.append(np.ascontiguousarray(image[::-1] if flip else image))
+        return views
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
 
 
 def proprio(obs: np.ndarray) -> np.ndarray:
