@@ -198,3 +198,36 @@ def write_egocentric(root: Path) -> Path:
         json.dumps({"video": "kitchen.mp4", "start": 0.0, "end": 1.5, "narration": "pick up the knife"}) + "\n" +
         json.dumps({"video": "kitchen.mp4", "start": 2.0, "end": 3.8, "narration": "cut the onion"}) + "\n")
     return root
+
+
+def write_rlds(data_dir: Path, lengths: list[int]) -> Path:
+    """An RLDS dataset prepared by tensorflow-datasets itself (the way OXE builders make theirs);
+    returns its <name>/<version> folder."""
+    import tensorflow_datasets as tfds
+
+    class TinyRlds(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"steps": tfds.features.Dataset({
+                "observation": {"image": tfds.features.Image(shape=(SIZE, SIZE, 3)),
+                                "wrist_image": tfds.features.Image(shape=(SIZE, SIZE, 3)),
+                                "state": tfds.features.Tensor(shape=(6,), dtype=np.float32)},
+                "action": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+                "language_instruction": tfds.features.Text(),
+                "is_first": np.bool_, "is_last": np.bool_, "is_terminal": np.bool_})}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for e, n in enumerate(lengths):
+                yield e, {"steps": [{"observation": {"image": frames(e, n, 0)[i], "wrist_image": frames(e, n, 1)[i],
+                                                     "state": rows(e, n)[i] + 0.5},
+                                     "action": rows(e, n, dim=7)[i], "language_instruction": TASKS[e % 2],
+                                     "is_first": i == 0, "is_last": i == n - 1, "is_terminal": i == n - 1}
+                                    for i in range(n)]}
+
+    builder = TinyRlds(data_dir=str(data_dir))
+    builder.download_and_prepare()
+    return Path(builder.data_dir)

@@ -171,3 +171,25 @@ def test_every_bad_demo_is_quarantined_with_its_reason_and_the_good_ones_built(t
         "demo_3": "ValueError: actions contain NaN or infinite values",
         "demo_4": "ValueError: camera agentview has 22 frames but actions has 24 steps",
         "demo_5": "ValueError: demo_5 is empty (0 steps)"}
+
+
+def test_rlds_episodes_prepared_by_tensorflow_datasets(tmp_path):
+    import subprocess
+    import sys
+
+    # TensorFlow never enters this process: beside MuJoCo's EGL renderer (later tests) it crashes it
+    script = f"from tests.formats import write_rlds; print(write_rlds(__import__('pathlib').Path({str(tmp_path / 'tfds')!r}), [10, 14]))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    root = done.stdout.strip().splitlines()[-1]
+    cfg = SourceConfig(format="rlds", kind="teleop", embodiment="franka", path=str(root), fps=10)
+    source = make_source("oxe", cfg, DataConfig(sources={}, fps=10.0, resolution=(formats.SIZE, formats.SIZE)))
+    specs = source.episode_specs()
+    assert [s["cameras"] for s in specs] == [["image", "wrist_image"]] * 2
+    episode = source.load(json.loads(json.dumps(specs[1])))
+    episode.validate()
+    assert episode.views == ["image", "wrist_image"] and episode.frames.shape[:2] == (14, 2)
+    np.testing.assert_allclose(episode.frames[:, 1, 4, 4, 0], [formats.grey(1, i, 1) for i in range(14)])
+    np.testing.assert_array_equal(episode.actions, formats.rows(1, 14, dim=7))
+    np.testing.assert_array_equal(episode.proprio, formats.rows(1, 14) + 0.5)
+    assert episode.language == formats.TASKS[1]
+    assert "tensorflow" not in sys.modules  # the adapter read through its helper process

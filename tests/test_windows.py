@@ -12,6 +12,7 @@ from wamforge.config.paths import RunPaths
 from wamforge.config.schema import DataConfig
 from wamforge.data_pipeline.build.pipeline import build_dataset
 from wamforge.data_pipeline.build.shard_writer import clip_windows, window_starts
+from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer, load_npy
 from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_tensor
@@ -72,36 +73,61 @@ def test_windows_are_multi_rate_with_padding_at_both_edges():
         collator.decode(windows[0])  # 6 stored rows cannot feed a horizon of 12 mid-episode
 
 
-def test_cached_latents_are_served_instead_of_pixels(tmp_path):
+def tiny_teacher(path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          image_size=32, patch_size=8)
+    Dinov2Model(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_encoder_caches_are_built_by_actors_and_served_instead_of_pixels(tmp_path):
     raw = tiny_config(tmp_path)
     raw["data"]["sources"].pop("sim")
-    raw["data"]["cache_latents"] = True
+    raw["data"]["caches"] = ["vae", "teacher"]
+    raw["data"]["teacher"] = str(tiny_teacher(tmp_path / "dinov2-tiny"))
     for stage in raw["stages"]:
         stage["mixture"] = {"weights": {"web": 1.0}}
     cfg = validate(raw)
     manifest = build_dataset(cfg)
     vae = make_vae(cfg.model.vae)
-    assert manifest["latents"] == vae.cache_id == "patchify-s4t4@1"
-    shard = RunPaths.of(cfg).data / manifest["shards"][0]["path"]
-    samples = list(wds.WebDataset(str(shard), shardshuffle=False))[:3]
+    from wamforge.model_zoo.teacher import VisionTeacher
+    teacher = VisionTeacher(cfg.data.teacher)
+    assert set(manifest["caches"]) == {vae.cache_id, teacher.cache_id}
+    assert teacher.cache_id.startswith("dinov2-") and vae.cache_id == "patchify-s4t4@1"
+    data = RunPaths.of(cfg).data
+    first = manifest["shards"][0]["path"]
+    features = list(wds.WebDataset(str(data / manifest["caches"][teacher.cache_id]["sidecars"][first]),
+                                   shardshuffle=False))
+    samples = list(wds.WebDataset(str(data / first), shardshuffle=False))
+    assert [f["__key__"] for f in features] == [s["__key__"] for s in samples]
+    expected = teacher(torch.from_numpy(decode_mp4(samples[0]["mp4"])))
+    got = load_npy(features[0]["features.npy"])
+    assert got.shape == (9, 1, 17, 32) and np.allclose(got[:, 0], expected.numpy(), atol=1e-3)
 
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
-    cached = Collator(Normalizer({}, registry), registry, {"web": 0}, horizon=4, max_action_dim=8,
-                      max_proprio_dim=8, latents=vae.cache_id)
-    batch = cached.collate([cached.decode(s) for s in samples])
+    collator = Collator(Normalizer({}, registry), registry, {"web": 0}, horizon=4, max_action_dim=8,
+                        max_proprio_dim=8, latents=vae.cache_id)
+    loader = MixtureLoader(data, cfg.stages[0], collator, rank=0, world=1, batch_size=3, seed=0)
+    batch = next(iter(loader))[0]
     assert batch.video is None and batch.latents.shape == (3, 48, 3, 8, 8)
-    pixels = torch.stack([video_to_tensor(untile_views(decode_mp4(s["mp4"]), 1)) for s in samples])
+    by_key = {s["__key__"]: s for shard in manifest["shards"]
+              for s in wds.WebDataset(str(data / shard["path"]), shardshuffle=False)}
+    pixels = torch.stack([video_to_tensor(untile_views(decode_mp4(by_key[k]["mp4"]), 1)) for k in batch.keys])
     torch.testing.assert_close(batch.latents, encode_views(vae, pixels), rtol=0, atol=1e-6)
 
-    other = Collator(Normalizer({}, registry), registry, {"web": 0}, horizon=4, max_action_dim=8,
-                     max_proprio_dim=8, latents="patchify-s4t4@2")  # a changed encoder never reads stale latents
-    assert other.collate([other.decode(s) for s in samples]).latents is None
+    stale = Collator(Normalizer({}, registry), registry, {"web": 0}, horizon=4, max_action_dim=8,
+                     max_proprio_dim=8, latents="patchify-s4t4@2")  # a changed encoder never reads old latents
+    pixel_batch = next(iter(MixtureLoader(data, cfg.stages[0], stale, rank=0, world=1, batch_size=3, seed=0)))[0]
+    assert pixel_batch.latents is None and pixel_batch.keys == batch.keys
 
     model = WorldActionModel.for_experiment(cfg, len(registry))
     torch.manual_seed(0)
     from_latents = model.loss(batch, "video", {})["loss"]
     torch.manual_seed(0)
-    from_pixels = model.loss(other.collate([other.decode(s) for s in samples]), "video", {})["loss"]
+    from_pixels = model.loss(pixel_batch, "video", {})["loss"]
     torch.testing.assert_close(from_latents, from_pixels)
 
 

@@ -20,7 +20,7 @@ class ProceduralVideo(Strict):
 
 
 class SourceConfig(Strict):
-    format: Literal["metaworld", "video_folder", "egocentric", "lerobot", "robomimic"]
+    format: Literal["metaworld", "video_folder", "egocentric", "lerobot", "robomimic", "rlds"]
     kind: Literal["internet", "egocentric", "teleop", "sim", "synthetic"]
     embodiment: str
     description: str = ""
@@ -64,8 +64,11 @@ class DataConfig(Strict):
     # temporal stride 4); at an episode's start they repeat its first frame and are marked as padding
     context_frames: int = Field(0, ge=0)
     action_frames: int = Field(32, ge=1)  # action/proprio rows stored from the current frame on (>= horizon)
-    # store each window's video latents, keyed by the model's VAE (encoder@version); training then skips decode+encode
-    cache_latents: bool = False
+    # encoder caches built after the shards, by Ray actors: "vae" (the model's video VAE: latents,
+    # which training then reads instead of decoding and encoding video) and "teacher" (features)
+    caches: list[Literal["vae", "teacher"]] = []
+    teacher: str | None = None  # a local Hugging Face vision checkpoint (e.g. DINOv2, SigLIP) for "teacher"
+    cache_actors: int = Field(1, ge=1)  # encoder actors; each takes a GPU where there is one
     resolution: tuple[int, int] = (64, 64)
     fps: float = Field(10.0, gt=0)
     episodes_per_task: int = Field(4, ge=1)  # episodes per build task: the unit of parallel (and resumed) work
@@ -79,6 +82,12 @@ class DataConfig(Strict):
         if (t - 1) % 4:
             raise ValueError(f"clip_frames must be 1 + 4k to match the video VAE's temporal stride; got {t}")
         return t
+
+    @model_validator(mode="after")
+    def _teacher_named(self):
+        if "teacher" in self.caches and not self.teacher:
+            raise ValueError("data.caches names 'teacher' but data.teacher (a local checkpoint folder) is not set")
+        return self
 
     @model_validator(mode="after")
     def _context_fits(self):

@@ -20,20 +20,21 @@ from rich.table import Table
 
 from wamforge.config import ExperimentConfig, config_hash
 from wamforge.config.paths import RunPaths
+from wamforge.data_pipeline.build.cache import build_caches, cache_id
 from wamforge.data_pipeline.build.shard_writer import write_shard
 from wamforge.data_pipeline.schema import SCHEMA_VERSION
 from wamforge.data_pipeline.sources import make_source
 from wamforge.data_pipeline.stats import merge_partials
-from wamforge.model_zoo.vae import make_vae
 
 
 def build_dataset(cfg: ExperimentConfig, ray_address: str | None = None, force: bool = False,
                   console: Console | None = None) -> dict:
     console = console or Console()
     out = RunPaths.of(cfg).data
-    build_hash = f"{config_hash(cfg.data)}-v{SCHEMA_VERSION}"  # a new sample layout rebuilds too
-    if cfg.data.cache_latents:
-        build_hash += f"-{make_vae(cfg.model.vae).cache_id}"
+    # shards depend on the data config (not its caches) and the sample layout; the build as a whole
+    # also on the encoders' ids, so a changed VAE or teacher re-encodes without re-cutting shards
+    shards_hash = f"{config_hash(cfg.data.model_copy(update={'caches': [], 'teacher': None, 'cache_actors': 1}))}-v{SCHEMA_VERSION}"
+    build_hash = shards_hash + "".join(f"-{cache_id(kind, cfg)}" for kind in cfg.data.caches)
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())
@@ -43,8 +44,8 @@ def build_dataset(cfg: ExperimentConfig, ray_address: str | None = None, force: 
 
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    jobs, provenance = _plan(cfg, shard_dir, build_hash)
-    done = {} if force else _finished(shard_dir, build_hash)
+    jobs, provenance = _plan(cfg, shard_dir, shards_hash)
+    done = {} if force else _finished(shard_dir, shards_hash)
     todo = [j for j in jobs if j["key"] not in done]
     if done:
         console.print(f"[dim]resuming the build: {len(jobs) - len(todo)} of {len(jobs)} tasks are already done[/]")
@@ -53,6 +54,12 @@ def build_dataset(cfg: ExperimentConfig, ray_address: str | None = None, force: 
     summaries += _run_on_ray(todo, cfg.data.build_workers, ray_address, console) if todo else []
     summaries.sort(key=lambda s: s["key"])
     manifest = _write_outputs(cfg, out, build_hash, summaries, provenance, time.time() - started)
+    if cfg.data.caches:
+        console.print(f"[dim]encoding caches: {', '.join(cfg.data.caches)}[/]")
+        manifest["caches"] = build_caches(cfg, out, manifest, ray_address)
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / "manifest.json")  # the manifest, written last, marks a complete build
     _print_card(console, manifest)
     return manifest
 
@@ -135,16 +142,12 @@ def _write_outputs(cfg, out: Path, build_hash: str, summaries: list[dict], prove
         "clip_frames": cfg.data.clip_frames, "clip_stride": cfg.data.clip_stride,
         "frame_stride": cfg.data.frame_stride, "context_frames": cfg.data.context_frames,
         "action_frames": cfg.data.action_frames,
-        "latents": make_vae(cfg.model.vae).cache_id if cfg.data.cache_latents else None,
         "resolution": list(cfg.data.resolution), "fps": cfg.data.fps,
         "shards": shards, "sources": sources,
         "samples": sum(s["samples"] for s in summaries), "bytes": sum(sh["bytes"] for sh in shards),
-        "quarantined": len(quarantine),
+        "quarantined": len(quarantine), "caches": {},
     }
     _write_report(out, manifest, summaries, stats, quarantine)
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")  # the manifest marks a complete build
     return manifest
 
 

@@ -14,13 +14,12 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from wamforge.config.schema import DataConfig, SourceConfig, VAEConfig
+from wamforge.config.schema import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import SCHEMA_VERSION, Episode, sample_key
 from wamforge.data_pipeline.sources import make_source
 from wamforge.data_pipeline.sources.clips import Rejected
 from wamforge.data_pipeline.stats import RunningStats
-from wamforge.data_pipeline.video import decode_mp4, encode_mp4, tile_views, untile_views, video_to_tensor
-from wamforge.model_zoo.vae import encode_views, make_vae
+from wamforge.data_pipeline.video import encode_mp4, tile_views
 
 
 def write_shard(task: dict) -> dict:
@@ -32,7 +31,6 @@ def write_shard(task: dict) -> dict:
     data = DataConfig.model_validate(job["data"])
     source_cfg = SourceConfig.model_validate(job["source_cfg"])
     source = make_source(job["source"], source_cfg, data)
-    vae = make_vae(VAEConfig.model_validate(job["vae"])) if data.cache_latents else None
     out_dir, key = Path(job["out_dir"]), job["key"]
     for stale in out_dir.glob(f"{key}-*.tar*"):  # parts of an interrupted or older attempt
         stale.unlink()
@@ -60,9 +58,6 @@ def write_shard(task: dict) -> dict:
                     raise ValueError(f"episode has {len(episode.frames)} frames, fewer than the "
                                      f"{(data.clip_frames - 1) * data.frame_stride + 1} a window spans "
                                      f"(clip_frames={data.clip_frames}, frame_stride={data.frame_stride})")
-                for sample in windows:
-                    if vae is not None:
-                        add_latents(sample, vae)
             except Exception as err:
                 reject(spec, f"{type(err).__name__}: {err}", episode.episode)
                 continue
@@ -148,15 +143,6 @@ def clip_windows(episode: Episode, data: DataConfig):
         if episode.proprio is not None:
             sample["proprio.npy"] = _npy(episode.proprio[rows])
         yield sample
-
-
-@torch.no_grad()
-def add_latents(sample: dict, vae) -> None:
-    """The window's latents, encoded from the decoded mp4 so they equal what training would encode."""
-    views = len(json.loads(sample["json"])["views"])
-    frames = untile_views(decode_mp4(sample["mp4"]), views)
-    latents = encode_views(vae, video_to_tensor(frames)[None])[0]
-    sample[f"latents.{vae.cache_id}.npy"] = _npy(latents.numpy())
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -70,6 +70,7 @@ class Collator:
         self.normalizer, self.registry, self.source_ids = normalizer, registry, source_ids
         self.horizon, self.a_max, self.p_max = horizon, max_action_dim, max_proprio_dim
         self.latent_field = f"latents.{latents}.npy" if latents else None
+        self.cache_ids = [latents] if latents else []  # the encoder caches a loader should merge in
 
     @staticmethod
     def frames(item: dict) -> torch.Tensor:

@@ -32,10 +32,15 @@ class MixtureLoader:
                  stall_timeout_s: float = 600.0, shuffle_buffer_bytes: int = 0):
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
         names = sorted(set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum)))
-        self.shards = {}
+        self.shards, self.sidecars = {}, {}
         self.sizes = {name: manifest["sources"][name]["samples"] for name in names}
+        # the encoder caches this model reads (its VAE's latents), merged into their shards' samples
+        caches = {cid: c for cid, c in manifest.get("caches", {}).items() if cid in collator.cache_ids}
         for name in names:
             self.shards[name] = [Path(data_dir) / s for s in manifest["sources"][name]["shards"]]
+            self.sidecars[name] = [[(Path(data_dir) / c["sidecars"][s], f"{c['output']}.{cid}.npy")
+                                    for cid, c in caches.items() if s in c["sidecars"]]
+                                   for s in manifest["sources"][name]["shards"]]
             if not self.shards[name]:
                 raise ValueError(f"stage '{stage.name}' mixes source '{name}', which has no built samples; "
                                  f"see {Path(data_dir) / 'quarantine.jsonl'}")
@@ -129,7 +134,8 @@ class _StepStream(IterableDataset):
         streams = {}
         for name, shards in loader.shards.items():
             streams[name] = ShardStream(shards, consumer, consumers, seed=loader._stream_seed(name),
-                                        buffer_bytes=loader.buffer_bytes, on_error=shard_error)
+                                        buffer_bytes=loader.buffer_bytes, on_error=shard_error,
+                                        sidecars=loader.sidecars[name])
             if name in state["streams"]:
                 streams[name].load_state_dict(state["streams"][name])
         iterators = {name: iter(stream) for name, stream in streams.items()}

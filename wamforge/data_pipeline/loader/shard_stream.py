@@ -42,11 +42,13 @@ class StreamState:
 
 class ShardStream:
     def __init__(self, shards: list[Path], consumer: int, consumers: int, seed: int,
-                 buffer_bytes: int = 0, on_error=None):
+                 buffer_bytes: int = 0, on_error=None, sidecars: list[list[tuple[Path, str]]] | None = None):
         if not shards:
             raise ValueError("a source with no shards cannot be streamed")
         self.shards, self.consumer, self.consumers, self.seed = list(shards), consumer, consumers, seed
         self.buffer_bytes = buffer_bytes
+        # per shard: (sidecar tar, field) pairs whose samples are merged in, key by key (encoder caches)
+        self.sidecars = sidecars or [[] for _ in self.shards]
         self.state = StreamState()
         self._buffer = self._rng = None  # live while iterating; state_dict() snapshots them
         self.on_error = on_error or (lambda shard, err: None)
@@ -111,11 +113,17 @@ class ShardStream:
             self.on_error(path, err)
             return False  # stop this shard; the stream moves on to the next piece
 
-        # this stream does its own consumer split, so webdataset's node and worker splitters stay out
-        samples = wds.WebDataset(str(path), shardshuffle=False, handler=handler, empty_check=False,
-                                 nodesplitter=_everything, workersplitter=_everything)
+        def tar(file: Path):
+            # this stream does its own consumer split, so webdataset's node and worker splitters stay out
+            samples = wds.WebDataset(str(file), shardshuffle=False, handler=handler, empty_check=False,
+                                     nodesplitter=_everything, workersplitter=_everything)
+            return itertools.islice(samples, start, stop, stride)
+
         indices = itertools.count(start, stride) if stop is None else range(start, stop, stride)
-        return zip(indices, itertools.islice(samples, start, stop, stride))
+        samples = tar(path)
+        if self.sidecars[shard]:
+            samples = _merged(samples, [(tar(file), field) for file, field in self.sidecars[shard]])
+        return zip(indices, samples)
 
     def _fetch(self, locations: list) -> list[dict]:
         """The buffered samples of a saved state, read back from their shards."""
@@ -183,6 +191,17 @@ def _share(piece: Piece, consumer: int, consumers: int) -> Piece:
     shard, first, stride, count = piece
     own = None if count is None else math.ceil(max(0, count - consumer) / consumers)
     return shard, first + consumer * stride, stride * consumers, own
+
+
+def _merged(samples, sidecars):
+    """Shard samples with their sidecar entries added; a sidecar out of step is a stale cache."""
+    for sample, *extras in zip(samples, *(side for side, _ in sidecars)):
+        for extra, (_, field) in zip(extras, sidecars):
+            if extra["__key__"] != sample["__key__"]:
+                raise RuntimeError(f"cache {field} holds {extra['__key__']} where its shard holds "
+                                   f"{sample['__key__']}; rebuild the data")
+            sample[field] = extra[field.split(".", 1)[0] + ".npy"]
+        yield sample
 
 
 def _nbytes(sample: dict) -> int:

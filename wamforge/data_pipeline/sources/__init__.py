@@ -16,6 +16,7 @@ ADAPTERS = {
     "egocentric": "wamforge.data_pipeline.sources.egocentric:EgocentricSource",
     "lerobot": "wamforge.data_pipeline.sources.lerobot:LeRobotSource",
     "robomimic": "wamforge.data_pipeline.sources.robomimic:RobomimicSource",
+    "rlds": "wamforge.data_pipeline.sources.rlds:RLDSSource",
 }
 
 
