@@ -199,3 +199,73 @@ def test_cli_export_and_eval(trained):
     assert report["tasks"] == ["reach-v3"] and report["execute_steps"] == 4
     card = (paths.export / "README.md").read_text()
     assert "post_prediction_head" in card and "finetune_action" in card
+
+
+def one_stage_config(root: Path, built_cfg, **training):
+    raw = tiny_config(root)
+    raw["data"]["out_dir"] = str(RunPaths.of(built_cfg).data)
+    raw["data"]["sources"]["web"]["path"] = built_cfg.data.sources["web"].path
+    raw["stages"] = [{**raw["stages"][0], "steps": 6}]
+    raw["training"].update(training)
+    return write_config(raw, root / "one_stage.yaml"), validate(raw)
+
+
+def test_a_nonfinite_loss_is_skipped_on_every_rank(built, tmp_path):
+    path, cfg = one_stage_config(tmp_path, built[0])
+    env = {**os.environ, "WAMFORGE_INJECT_NONFINITE": "2"}
+    assert wamforge("train", path, env=env).wait(timeout=600) == 0
+    rows = read_jsonl(RunPaths.of(cfg).stage("pretrain_video") / "metrics.jsonl")
+    assert [r["skipped_nonfinite"] for r in rows] == [0, 1, 1, 1, 1, 1]
+    assert np.isnan(rows[1]["loss"]) and all(np.isfinite(r["loss"]) for r in rows[2:])
+    assert rows[1]["lr"] == rows[0]["lr"]  # the skipped step did not advance the schedule
+    weights = load_file(str(RunPaths.of(cfg).final_weights("pretrain_video")))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_run_of_nonfinite_losses_stops_at_a_checkpoint_of_the_last_good_weights(built, tmp_path):
+    path, cfg = one_stage_config(tmp_path, built[0], max_nonfinite_steps=2)
+    env = {**os.environ, "WAMFORGE_INJECT_NONFINITE": "3+"}
+    proc = wamforge("train", path, env=env, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "2 steps in a row had a non-finite loss, up to step 4" in err and "Traceback" not in err
+    ckpts = RunPaths.of(cfg).checkpoints("pretrain_video")
+    assert (ckpts / "latest").read_text() == "step-4"
+    assert f"{ckpts / 'step-4'} holds the last good weights" in " ".join(err.split())
+
+
+def test_a_stop_signal_checkpoints_every_rank_and_resume_loses_no_step(trained, built, tmp_path):
+    _, reference = trained
+    path, cfg = run_config(tmp_path, built[0])
+    paths = RunPaths.of(cfg)
+    proc = wamforge("train", path, stderr=subprocess.PIPE, text=True)
+    first = paths.checkpoints("align_embodiment") / "step-3"
+    deadline = time.time() + 300
+    while not (first / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be stopped"
+        if time.time() > deadline:  # a hang guard, not a speed check
+            pytest.fail("no align_embodiment checkpoint appeared within 300 s")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)  # what SLURM sends ahead of preemption
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75, err[-2000:]
+    stopped_at = int((paths.checkpoints("align_embodiment") / "latest").read_text().split("-")[1])
+    assert 3 <= stopped_at < 8 and f"stopped at step {stopped_at} on SIGUSR1" in " ".join(err.split())
+    assert not paths.final_weights("align_embodiment").exists()
+    assert wamforge("train", path, "--resume").wait(timeout=600) == 0
+    ref = RunPaths.of(reference)
+    for stage in cfg.stages:
+        for rank in range(2):
+            resumed = read_jsonl(paths.stage(stage.name) / f"samples.rank{rank}.jsonl")
+            expected = read_jsonl(ref.stage(stage.name) / f"samples.rank{rank}.jsonl")
+            assert [r["keys"] for r in resumed] == [r["keys"] for r in expected]
+
+
+def test_checkpoint_retention_keeps_the_newest_and_every_mth(tmp_path):
+    from wamforge.training.checkpoint import LATEST, prune
+
+    for step in range(1, 11):
+        (tmp_path / f"step-{step}").mkdir()
+    (tmp_path / LATEST).write_text("step-10")
+    prune(tmp_path, keep_last=2, keep_every=4)
+    assert sorted(int(d.name[5:]) for d in tmp_path.glob("step-*")) == [4, 8, 9, 10]

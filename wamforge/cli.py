@@ -41,10 +41,15 @@ def cmd_build(cfg: ExperimentConfig, args) -> int:
 
 def cmd_train(cfg: ExperimentConfig, args) -> int:
     from wamforge.launchers.local import launch_local
+    from wamforge.training.preemption import PREEMPTED_EXIT
 
     config_path = save_resolved(cfg)
     code = launch_local(config_path, cfg.training.world_size, cfg.training.threads_per_rank,
                         resume=args.resume, overwrite=args.overwrite)
+    if code == PREEMPTED_EXIT:
+        console.print(f"[yellow]stopped on request[/] at a checkpoint; continue with: "
+                      f"wamforge train {args.config} --resume")
+        return code
     if code:
         console.print(f"[red]training failed[/] (a rank exited with code {code}); "
                       f"resume with: wamforge train {args.config} --resume")

@@ -260,6 +260,9 @@ class TrainingConfig(Strict):
     shuffle_buffer_mb: float = Field(8.0, ge=0)
     loader_stall_timeout_s: float = Field(600.0, gt=0)  # a worker silent this long is named and stopped
     threads_per_rank: int = Field(1, ge=1)
+    keep_last: int = Field(3, ge=1)  # checkpoints kept besides those kept by keep_every
+    keep_every: int = Field(0, ge=0)  # also keep every checkpoint whose step is a multiple of this (0: none)
+    max_nonfinite_steps: int = Field(8, ge=1)  # a run of this many NaN/inf losses stops training
 
 
 class EvalConfig(Strict):

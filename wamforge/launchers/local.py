@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from wamforge.training.preemption import PREEMPTED_EXIT, SIGNALS
 
 
 def free_port() -> int:
@@ -33,9 +36,18 @@ def launch_local(config_path: Path, world_size: int, threads_per_rank: int = 1, 
         if not torch.cuda.is_available():
             env.setdefault("DS_ACCELERATOR", "cpu")
         procs.append(subprocess.Popen(command, env=env))
+
+    def forward(signum, frame):  # a stop request reaches every rank; they checkpoint together
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
     try:
         while True:
             codes = [p.poll() for p in procs]
+            if PREEMPTED_EXIT in codes:  # stopping on request: the others are finishing the same checkpoint
+                return _wait_all(procs) or PREEMPTED_EXIT
             failed = [c for c in codes if c not in (None, 0)]
             if failed:  # one rank died: the others would hang in a collective
                 _stop(procs)
@@ -46,6 +58,21 @@ def launch_local(config_path: Path, world_size: int, threads_per_rank: int = 1, 
     except KeyboardInterrupt:
         _stop(procs)
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 300.0) -> int:
+    """Wait for every rank; the first exit code that is neither 0 nor PREEMPTED_EXIT, else 0."""
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            _stop(procs)
+    codes = [p.returncode for p in procs]
+    return next((c for c in codes if c not in (0, PREEMPTED_EXIT)), 0)
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

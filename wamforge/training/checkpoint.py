@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ from wamforge.training.distributed import barrier
 LATEST = "latest"
 
 
-def save(engine, root: Path, step: int, loader_state: dict, trainer_state: dict, rank: int) -> Path:
+def save(engine, root: Path, step: int, loader_state: dict, trainer_state: dict, rank: int,
+         keep_last: int = 3, keep_every: int = 0) -> Path:
     tag = f"step-{step}"
     engine.save_checkpoint(str(root), tag=tag, save_latest=False)
     step_dir = root / tag
@@ -25,8 +27,20 @@ def save(engine, root: Path, step: int, loader_state: dict, trainer_state: dict,
     if rank == 0:
         (step_dir / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=1))
         _write_atomic(root / LATEST, tag)
+        prune(root, keep_last, keep_every)
     barrier()
     return step_dir
+
+
+def prune(root: Path, keep_last: int, keep_every: int = 0) -> None:
+    """Delete step directories beyond the newest `keep_last` and the multiples of `keep_every`;
+    what `latest` names is always kept."""
+    steps = sorted((int(d.name.split("-")[1]), d) for d in root.glob("step-*") if d.is_dir())
+    keep = {s for s, _ in steps[-keep_last:]} | {s for s, _ in steps if keep_every and s % keep_every == 0}
+    current = (root / LATEST).read_text().strip()
+    for step, directory in steps:
+        if step not in keep and directory.name != current:
+            shutil.rmtree(directory)
 
 
 def latest(root: Path) -> Path | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -25,7 +26,27 @@ from wamforge.training import checkpoint
 from wamforge.training.distributed import DistEnv, barrier, init, max_across_ranks, mean_across_ranks, read_env
 from wamforge.training.engine import build_engine, resolve_precision
 from wamforge.training.metrics import JsonlLog, stage_summary
+from wamforge.training.preemption import Preempted, StopRequest
 from wamforge.training.stages import load_initial_weights
+
+
+class TrainingDiverged(RuntimeError):
+    """A run of non-finite losses: training stopped at a checkpoint of the last good weights."""
+
+
+def _zero_loss(engine) -> torch.Tensor:
+    """A loss of exactly zero that reaches every trainable parameter (and none of the NaN activations)."""
+    return torch.stack([p.sum() * 0 for p in engine.module.parameters() if p.requires_grad]).sum()
+
+
+def _injected_nonfinite_steps() -> set[int]:
+    """Fault injection for tests: WAMFORGE_INJECT_NONFINITE="3,5" makes rank 0's loss NaN at those
+    steps; "4+" from step 4 on (encoded as {4, -1})."""
+    spec = os.environ.get("WAMFORGE_INJECT_NONFINITE", "")
+    steps = set()
+    for part in filter(None, spec.split(",")):
+        steps |= {int(part[:-1]), -1} if part.endswith("+") else {int(part)}
+    return steps
 
 
 class RunExistsError(RuntimeError):
@@ -44,9 +65,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
                         horizon=cfg.model.action_expert.horizon, max_action_dim=cfg.model.max_action_dim,
                         max_proprio_dim=cfg.model.max_proprio_dim, latents=make_vae(cfg.model.vae).cache_id)
     console = Console(stderr=True)
+    stop = StopRequest().install()  # SIGTERM / SIGUSR1: checkpoint at the next step, then exit
     summaries = []
     for index, stage in enumerate(cfg.stages):
-        runner = StageRunner(cfg, stage, index, paths, registry, collator, dist, device, console)
+        runner = StageRunner(cfg, stage, index, paths, registry, collator, dist, device, console, stop)
         summaries.append(runner.run(resume=resume, overwrite=overwrite))
     torch.distributed.destroy_process_group()  # leave no communicator threads behind at exit
     return summaries
@@ -54,8 +76,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
 
 class StageRunner:
     def __init__(self, cfg, stage: StageConfig, index: int, paths: RunPaths, registry, collator,
-                 dist: DistEnv, device: torch.device, console: Console):
+                 dist: DistEnv, device: torch.device, console: Console, stop: StopRequest | None = None):
         self.cfg, self.stage, self.index, self.paths = cfg, stage, index, paths
+        self.stop = stop or StopRequest()
         self.registry, self.collator, self.dist, self.device, self.console = registry, collator, dist, device, console
         self.dir = paths.stage(stage.name)
         self.ckpt_root = paths.checkpoints(stage.name)
@@ -120,6 +143,8 @@ class StageRunner:
         trace = JsonlLog(self.dir / f"samples.rank{self.dist.rank}.jsonl", start)
         samples_per_step = training.micro_batch_per_rank * accum * self.dist.world_size
         step, micro, window, waited = start, 0, [], 0.0
+        nonfinite, nonfinite_run, last_saved = 0, 0, None
+        inject = _injected_nonfinite_steps() if self.dist.is_main else set()
         tic = time.perf_counter()
         batches = iter(loader)
         with self._progress(start) as progress:
@@ -128,9 +153,19 @@ class StageRunner:
                 batch, weights = next(batches)
                 waited += time.perf_counter() - asked  # the trainer idles while the loader catches up
                 out = engine(batch.to(self.device, self.dtype), stage.objective, stage.loss_weights)
-                engine.backward(out["loss"])
-                engine.step()
-                window.append({k: float(v.detach()) for k, v in out.items()})
+                if step + 1 in inject or -1 in inject and step + 1 >= min(inject - {-1}):
+                    out["loss"] = out["loss"] * float("nan")
+                finite = max_across_ranks(float(not torch.isfinite(out["loss"]).item()), self.device) == 0
+                if finite:
+                    engine.backward(out["loss"])
+                    engine.step()
+                    window.append({k: float(v.detach()) for k, v in out.items()})
+                    nonfinite_run = 0
+                else:  # skipped on every rank alike: no update, and the LR schedule does not advance
+                    nonfinite, nonfinite_run = nonfinite + 1, nonfinite_run + 1
+                    if accum > 1:  # DeepSpeed's accumulation boundary still needs this micro-step
+                        engine.backward(_zero_loss(engine))
+                        engine.step()
                 trace.write({"step": step + 1, "micro": micro, "keys": batch.keys})
                 micro += 1
                 if micro % accum:
@@ -140,30 +175,45 @@ class StageRunner:
                 wait_pct = 100 * waited / (toc - tic)
                 # ranks consume equal batch counts, so the mean of their shares is the run's share
                 realized = {f"realized/{n}": share for n, share in loader.realized().items()}
-                values = mean_across_ranks({**{k: sum(w[k] for w in window) / len(window) for k in window[0]},
-                                            "data_wait_pct": wait_pct, **realized}, self.device)
+                losses = {k: sum(w[k] for w in window) / len(window) for k in window[0]} if window else {
+                    "loss": float("nan"), "video_loss": float("nan"), "action_loss": float("nan")}
+                values = mean_across_ranks({**losses, "data_wait_pct": wait_pct, **realized}, self.device)
                 realized = {k.split("/", 1)[1]: round(values.pop(k), 4) for k in realized}
                 row = {"step": step, **values, "data_wait_pct_max": max_across_ranks(wait_pct, self.device),
                        "lr": engine.get_lr()[0], "samples_per_s": samples_per_step / (toc - tic),
-                       "mixture": weights, "realized": realized}
+                       "mixture": weights, "realized": realized, "skipped_nonfinite": nonfinite}
                 window, waited, tic = [], 0.0, toc
                 if metrics is not None:
                     metrics.write(row)
                     progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
-                if step % training.checkpoint_every == 0 or step == stage.steps:
-                    loader_state = loader.state_dict()
-                    checkpoint.save(engine, self.ckpt_root, step, loader_state,
-                                    {"stage": stage.name, "world_size": self.dist.world_size,
-                                     "stats_hash": self.collator.normalizer.stats_hash,
-                                     "config": self.cfg.model_dump(mode="json"),
-                                     "mixture": weights, "skipped": loader_state["skipped"]},
-                                    self.dist.rank)
+                stop = max_across_ranks(float(self.stop.requested), self.device) > 0
+                if step % training.checkpoint_every == 0 or step == stage.steps or stop or \
+                        nonfinite_run >= training.max_nonfinite_steps:
+                    last_saved = self._checkpoint(engine, loader, step, weights)
+                if nonfinite_run >= training.max_nonfinite_steps:
+                    raise TrainingDiverged(
+                        f"{stage.name}: {nonfinite_run} steps in a row had a non-finite loss, up to step {step}; "
+                        f"no update was made in them, so {last_saved} holds the last good weights. Resume from "
+                        f"it with a lower learning rate, or find the batches in samples.rank*.jsonl")
+                if stop:
+                    raise Preempted(f"{stage.name}: stopped at step {step} on {self.stop.signal or 'a peer rank'}; "
+                                    f"checkpoint {last_saved}")
                 if step >= stage.steps:
                     break
         batches.close()  # stops the loader's worker processes now, not at garbage collection
         trace.close()
         if metrics is not None:
             metrics.close()
+
+    def _checkpoint(self, engine, loader: MixtureLoader, step: int, weights: dict) -> Path:
+        loader_state = loader.state_dict()
+        return checkpoint.save(engine, self.ckpt_root, step, loader_state,
+                               {"stage": self.stage.name, "world_size": self.dist.world_size,
+                                "stats_hash": self.collator.normalizer.stats_hash,
+                                "config": self.cfg.model_dump(mode="json"),
+                                "mixture": weights, "skipped": loader_state["skipped"]},
+                               self.dist.rank, keep_last=self.cfg.training.keep_last,
+                               keep_every=self.cfg.training.keep_every)
 
     def _progress(self, start: int) -> Progress:
         progress = Progress(TextColumn(f"[bold]{self.stage.name}[/]"), BarColumn(), MofNCompleteColumn(),

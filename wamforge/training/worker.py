@@ -7,7 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from wamforge.training.trainer import RunExistsError, main_from_file
+from wamforge.training.preemption import PREEMPTED_EXIT, Preempted
+from wamforge.training.trainer import RunExistsError, TrainingDiverged, main_from_file
 
 
 def main() -> None:
@@ -19,7 +20,11 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     try:
         main_from_file(args.config, resume=args.resume, overwrite=args.overwrite)
-    except (RunExistsError, FileNotFoundError, ValueError) as err:  # bad input: one sentence, no traceback
+    except Preempted as stopped:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped: {stopped}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
+    except (RunExistsError, TrainingDiverged, FileNotFoundError, ValueError) as err:  # one sentence, no traceback
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
