@@ -319,3 +319,45 @@ def test_frozen_t5_text_encoder_with_cache(tmp_path):
     cfg.text = TextConfig(encoder="t5", dim=64, max_tokens=16, path=str(checkpoint))
     with pytest.raises(ValueError, match="d_model 32"):
         WorldActionModel(cfg, num_embodiments=2, clip_frames=CLIP, resolution=RES)
+
+
+@pytest.mark.parametrize("kind, fields, mean", [("uniform", {}, 0.5), ("logit_normal", {"mean": 0.0, "std": 1.0}, 0.5),
+                                                ("shifted", {"shift": 3.0}, 0.6760), ("beta", {"alpha": 1.5, "beta": 1.0}, 0.6)])
+def test_timestep_samplers_draw_their_distributions(kind, fields, mean):
+    from wamforge.config.schema import TimestepConfig
+    from wamforge.model_zoo.timesteps import sample_timesteps
+
+    torch.manual_seed(0)
+    t = sample_timesteps(TimestepConfig(kind=kind, **fields), 200_000, "cpu")  # shifted: 1.5 - 0.75 ln 3
+    assert 0 <= t.min() and t.max() <= 1 and abs(t.mean().item() - mean) < 0.005
+    if kind == "logit_normal":  # weight on the middle: fewer draws near the ends than uniform
+        assert ((t < 0.1) | (t > 0.9)).float().mean() < 0.1
+
+
+def test_stage_timesteps_reach_the_losses():
+    from wamforge.config.schema import TimestepConfig
+
+    model, batch = tiny_model(), make_batch()
+    losses = {}
+    for name, timesteps in [("default", None), ("late", {"video": TimestepConfig(kind="beta", alpha=50, beta=1),
+                                                         "action": TimestepConfig(kind="beta", alpha=50, beta=1)})]:
+        torch.manual_seed(0)
+        losses[name] = model.loss(batch, "joint", {}, timesteps)
+    # near t = 1 the target is almost pure noise: a fresh model's losses move towards E|noise - x0|^2
+    assert losses["late"]["video_loss"] != losses["default"]["video_loss"]
+    assert losses["late"]["action_loss"] != losses["default"]["action_loss"]
+
+
+def test_loss_weight_schedules_ramp_between_breakpoints():
+    from wamforge.config.schema import StageConfig
+    from wamforge.training.stages import loss_weights_at
+
+    stage = StageConfig(name="s", objective="joint", steps=100, mixture={"weights": {"a": 1}},
+                        loss_weights={"video": 1.0, "action": 5.0},
+                        loss_weight_schedule={"action": [{"step": 10, "weight": 0.0}, {"step": 30, "weight": 2.0}]})
+    assert loss_weights_at(stage, 0) == {"video": 1.0, "action": 0.0}
+    assert loss_weights_at(stage, 20) == {"video": 1.0, "action": pytest.approx(1.0)}
+    assert loss_weights_at(stage, 99)["action"] == 2.0
+    with pytest.raises(ValueError, match="increasing step order"):
+        StageConfig(name="s", objective="joint", steps=9, mixture={"weights": {"a": 1}},
+                    loss_weight_schedule={"action": [{"step": 5, "weight": 1}, {"step": 2, "weight": 0}]})

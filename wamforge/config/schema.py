@@ -230,6 +230,20 @@ class MixtureConfig(Strict):
         return self
 
 
+class TimestepConfig(Strict):
+    kind: Literal["uniform", "logit_normal", "shifted", "beta"] = "uniform"
+    mean: float = 0.0  # logit_normal
+    std: float = Field(1.0, gt=0)  # logit_normal
+    shift: float = Field(1.0, gt=0)  # shifted
+    alpha: float = Field(1.5, gt=0)  # beta
+    beta: float = Field(1.0, gt=0)  # beta
+
+
+class WeightPoint(Strict):
+    step: int = Field(ge=0)
+    weight: float = Field(ge=0)
+
+
 class StageConfig(Strict):
     name: str
     objective: Literal["video", "joint", "action"]
@@ -241,6 +255,19 @@ class StageConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     loss_weights: dict[Literal["video", "action"], float] = {}
+    # piecewise-linear loss weights over the stage's steps (e.g. the action weight ramping in); they
+    # replace loss_weights for the modalities they name
+    loss_weight_schedule: dict[Literal["video", "action"], list[WeightPoint]] = {}
+    # per-modality timestep samplers; default: video `shifted` by model.flow_shift, action `uniform`
+    timesteps: dict[Literal["video", "action"], TimestepConfig] = {}
+
+    @model_validator(mode="after")
+    def _schedules_ordered(self):
+        for modality, points in self.loss_weight_schedule.items():
+            steps = [p.step for p in points]
+            if not points or steps != sorted(set(steps)):
+                raise ValueError(f"loss_weight_schedule.{modality} needs breakpoints in increasing step order")
+        return self
     init_from: str | None = "previous"  # "previous", a path to model.safetensors, or null
 
 

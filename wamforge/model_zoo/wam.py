@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wamforge.config.schema import ModelConfig, TextConfig
+from wamforge.config.schema import ModelConfig, TextConfig, TimestepConfig
 from wamforge.data_pipeline.schema import Batch
 from wamforge.model_zoo.heads import ActionExpert, EmbodimentBank
 from wamforge.model_zoo.text_encoder import ByteTextEncoder
+from wamforge.model_zoo.timesteps import sample_timesteps
 from wamforge.model_zoo.trunks import WanDiT
 from wamforge.model_zoo.vae import encode_views, make_vae
 
@@ -78,10 +79,9 @@ class WorldActionModel(nn.Module):
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         return encode_views(self.vae, video)
 
-    def _sample_time(self, batch: int, device) -> torch.Tensor:
-        # Wan's shifted schedule: shift > 1 spends more steps at high noise
-        u = torch.rand(batch, device=device)
-        return self.flow_shift * u / (1 + (self.flow_shift - 1) * u)
+    def _sample_time(self, modality: str, batch: int, device, timesteps: dict | None) -> torch.Tensor:
+        default = TimestepConfig(kind="shifted", shift=self.flow_shift) if modality == "video" else TimestepConfig()
+        return sample_timesteps((timesteps or {}).get(modality, default), batch, device)
 
     def _run_trunk(self, latents: torch.Tensor, future_t: torch.Tensor, text: list[str],
                    tap_layer: int | None, stop_at_tap: bool):
@@ -109,13 +109,13 @@ class WorldActionModel(nn.Module):
         hidden = self.action_expert(tokens, proprio_token, t * NUM_TRAIN_TIMESTEPS, features)
         return self.embodiments.project_actions(hidden, embodiment_id).float()
 
-    def _action_loss(self, batch: Batch, features: torch.Tensor) -> torch.Tensor:
+    def _action_loss(self, batch: Batch, features: torch.Tensor, timesteps: dict | None = None) -> torch.Tensor:
         x0 = batch.actions.float()
         real = batch.action_mask & batch.has_actions[:, None, None]
         if self.training:
             self.embodiments.record_action_dims(real, batch.embodiment_id)
         mask = real.float()
-        t = torch.rand(len(x0), device=x0.device)[:, None, None]  # independent of the video's t
+        t = self._sample_time("action", len(x0), x0.device, timesteps)[:, None, None]  # independent of the video's
         noise = torch.randn_like(x0)
         velocity = self._action_velocity((1 - t) * x0 + t * noise, mask, t[:, 0, 0], features,
                                          batch.proprio, batch.proprio_mask, batch.embodiment_id)
@@ -123,11 +123,13 @@ class WorldActionModel(nn.Module):
         # with no real entries this is an exact 0 that still reaches every expert weight (DeepSpeed needs that)
         return squared.sum() / mask.sum().clamp(min=1)
 
-    def forward(self, batch: Batch, objective: str, loss_weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, objective: str, loss_weights: dict[str, float],
+                timesteps: dict | None = None) -> dict[str, torch.Tensor]:
         """Training engines call the module: its forward is the loss."""
-        return self.loss(batch, objective, loss_weights)
+        return self.loss(batch, objective, loss_weights, timesteps)
 
-    def loss(self, batch: Batch, objective: str, loss_weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    def loss(self, batch: Batch, objective: str, loss_weights: dict[str, float],
+             timesteps: dict | None = None) -> dict[str, torch.Tensor]:
         """objective: "video" (video flow loss), "joint" (video + action, independent timesteps) or
         "action" (future video is pure noise, trunk run only to the tap, action loss only)."""
         if objective not in OBJECTIVES:
@@ -137,7 +139,7 @@ class WorldActionModel(nn.Module):
         if objective == "action":
             future_t = torch.ones(batch_size, device=x0.device)
         else:
-            future_t = self._sample_time(batch_size, x0.device)
+            future_t = self._sample_time("video", batch_size, x0.device, timesteps)
         if objective == "joint":  # also learn to act from the pure-noise future seen at inference
             pure_noise = torch.rand(batch_size, device=x0.device) < PURE_NOISE_PROB
             future_t = torch.where(pure_noise, 1.0, future_t)
@@ -154,7 +156,7 @@ class WorldActionModel(nn.Module):
         zero = torch.zeros((), device=x0.device)
         video_loss = zero if prediction is None else F.mse_loss(
             prediction[:, :, c:].float(), (noise - x0)[:, :, c:].float())
-        action_loss = zero if features is None else self._action_loss(batch, features)
+        action_loss = zero if features is None else self._action_loss(batch, features, timesteps)
         weights = {"video": 1.0, "action": 1.0, **loss_weights}
         total = weights["video"] * video_loss + weights["action"] * action_loss
         return {"loss": total, "video_loss": video_loss.detach(), "action_loss": action_loss.detach()}

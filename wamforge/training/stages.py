@@ -37,3 +37,18 @@ def load_initial_weights(model: torch.nn.Module, stage: StageConfig, cfg: Experi
                          f"unexpected {unexpected[:5]}, shape-mismatched {mismatched[:5]}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return f"loaded {len(state)} tensors from {path}"
+
+
+def loss_weights_at(stage, step: int) -> dict[str, float]:
+    """The stage's loss weights at `step`: fixed ones, overridden by any piecewise-linear schedule."""
+    weights = dict(stage.loss_weights)
+    for modality, points in stage.loss_weight_schedule.items():
+        if step <= points[0].step:
+            weights[modality] = points[0].weight
+        elif step >= points[-1].step:
+            weights[modality] = points[-1].weight
+        else:
+            right = next(i for i, p in enumerate(points) if p.step > step)
+            a, b = points[right - 1], points[right]
+            weights[modality] = a.weight + (b.weight - a.weight) * (step - a.step) / (b.step - a.step)
+    return weights

@@ -27,7 +27,7 @@ from wamforge.training.distributed import DistEnv, barrier, init, max_across_ran
 from wamforge.training.engine import build_engine, resolve_precision
 from wamforge.training.metrics import JsonlLog, stage_summary
 from wamforge.training.preemption import Preempted, StopRequest
-from wamforge.training.stages import load_initial_weights
+from wamforge.training.stages import load_initial_weights, loss_weights_at
 
 
 class TrainingDiverged(RuntimeError):
@@ -152,7 +152,8 @@ class StageRunner:
                 asked = time.perf_counter()
                 batch, weights = next(batches)
                 waited += time.perf_counter() - asked  # the trainer idles while the loader catches up
-                out = engine(batch.to(self.device, self.dtype), stage.objective, stage.loss_weights)
+                loss_weights = loss_weights_at(stage, step)
+                out = engine(batch.to(self.device, self.dtype), stage.objective, loss_weights, stage.timesteps)
                 if step + 1 in inject or -1 in inject and step + 1 >= min(inject - {-1}):
                     out["loss"] = out["loss"] * float("nan")
                 finite = max_across_ranks(float(not torch.isfinite(out["loss"]).item()), self.device) == 0
@@ -181,7 +182,8 @@ class StageRunner:
                 realized = {k.split("/", 1)[1]: round(values.pop(k), 4) for k in realized}
                 row = {"step": step, **values, "data_wait_pct_max": max_across_ranks(wait_pct, self.device),
                        "lr": engine.get_lr()[0], "samples_per_s": samples_per_step / (toc - tic),
-                       "mixture": weights, "realized": realized, "skipped_nonfinite": nonfinite}
+                       "mixture": weights, "realized": realized, "skipped_nonfinite": nonfinite,
+                       "loss_weights": loss_weights}
                 window, waited, tic = [], 0.0, toc
                 if metrics is not None:
                     metrics.write(row)
