@@ -361,3 +361,25 @@ def test_loss_weight_schedules_ramp_between_breakpoints():
     with pytest.raises(ValueError, match="increasing step order"):
         StageConfig(name="s", objective="joint", steps=9, mixture={"weights": {"a": 1}},
                     loss_weight_schedule={"action": [{"step": 5, "weight": 1}, {"step": 2, "weight": 0}]})
+
+
+def test_ema_averages_trainable_weights_only(tmp_path):
+    from wamforge.training.ema import EMA
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    module[1].requires_grad_(False)
+    ema = EMA(module, decay=0.9)
+    start = module[0].weight.detach().clone()
+    with torch.no_grad():
+        module[0].weight.add_(1.0)
+    ema.update()
+    ema.update()
+    # two updates towards start + 1: 1 - 0.9^2 of the way
+    torch.testing.assert_close(ema.shadow["0.weight"], start + 0.19)
+    assert set(ema.shadow) == {"0.weight", "0.bias"}
+    ema.save(tmp_path / "ema.safetensors")
+    again = EMA(module, decay=0.9)
+    again.load(tmp_path / "ema.safetensors")
+    torch.testing.assert_close(again.shadow["0.weight"], start + 0.19)
+    full = ema.state_dict(module.state_dict())
+    torch.testing.assert_close(full["1.weight"], module[1].weight.detach())

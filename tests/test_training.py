@@ -269,3 +269,31 @@ def test_checkpoint_retention_keeps_the_newest_and_every_mth(tmp_path):
     (tmp_path / LATEST).write_text("step-10")
     prune(tmp_path, keep_last=2, keep_every=4)
     assert sorted(int(d.name[5:]) for d in tmp_path.glob("step-*")) == [4, 8, 9, 10]
+
+
+def test_ema_is_kept_checkpointed_resumed_and_exported(built, tmp_path):
+    path, cfg = one_stage_config(tmp_path, built[0], ema_decay=0.5, checkpoint_every=3)
+    proc = wamforge("train", path, start_new_session=True)
+    paths = RunPaths.of(cfg)
+    first = paths.checkpoints("pretrain_video") / "step-3"
+    deadline = time.time() + 300
+    while not (first / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        if time.time() > deadline:  # a hang guard, not a speed check
+            pytest.fail("no checkpoint appeared within 300 s")
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (first / "ema.safetensors").exists()
+    assert wamforge("train", path, "--resume").wait(timeout=600) == 0
+
+    final = load_file(str(paths.final_weights("pretrain_video")))
+    ema = load_file(str(paths.final_weights("pretrain_video").with_name("ema.safetensors")))
+    assert set(ema) == set(final)
+    trained = [k for k in final if not torch.equal(final[k], ema[k])]
+    assert trained and all(k.startswith(("trunk.", "text_encoder.", "action_expert.", "embodiments.")) for k in trained)
+    out = tmp_path / "export_ema"
+    assert wamforge("export", path, "--ema", "--out", out).wait(timeout=300) == 0
+    exported = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)
+    assert json.loads((out / "config.json").read_text())["weights"] == "ema"

@@ -63,7 +63,7 @@ def cmd_train(cfg: ExperimentConfig, args) -> int:
 def cmd_export(cfg: ExperimentConfig, args) -> int:
     from wamforge.training.export import export
 
-    out = export(cfg, out=args.out)
+    out = export(cfg, out=args.out, ema=args.ema)
     console.print(f"[green]exported[/] {out}")
     return 0
 
@@ -229,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("export", cmd_export, "export the last stage as a loadable policy")
     p.add_argument("--out", default=None)
+    p.add_argument("--ema", action="store_true", help="the stage's EMA weights (training.ema_decay > 0)")
 
     p = command("eval", cmd_eval, "closed-loop evaluation of an exported policy")
     p.add_argument("--policy", default=None, help="export directory (default: runs/<name>/export)")

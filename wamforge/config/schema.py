@@ -290,6 +290,7 @@ class TrainingConfig(Strict):
     keep_last: int = Field(3, ge=1)  # checkpoints kept besides those kept by keep_every
     keep_every: int = Field(0, ge=0)  # also keep every checkpoint whose step is a multiple of this (0: none)
     max_nonfinite_steps: int = Field(8, ge=1)  # a run of this many NaN/inf losses stops training
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # >0: keep an EMA of the trainable weights (export --ema)
 
 
 class EvalConfig(Strict):

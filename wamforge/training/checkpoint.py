@@ -17,7 +17,8 @@ LATEST = "latest"
 
 
 def save(engine, root: Path, step: int, loader_state: dict, trainer_state: dict, rank: int,
-         keep_last: int = 3, keep_every: int = 0) -> Path:
+         keep_last: int = 3, keep_every: int = 0, extra: dict | None = None) -> Path:
+    """`extra`: {file name: writer(path)} that rank 0 adds to the step directory (e.g. the EMA)."""
     tag = f"step-{step}"
     engine.save_checkpoint(str(root), tag=tag, save_latest=False)
     step_dir = root / tag
@@ -25,6 +26,8 @@ def save(engine, root: Path, step: int, loader_state: dict, trainer_state: dict,
     save_file({"cpu": torch.get_rng_state(), **_cuda_rng()}, str(step_dir / f"rng.rank{rank}.safetensors"))
     barrier()
     if rank == 0:
+        for name, write in (extra or {}).items():
+            write(step_dir / name)
         (step_dir / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=1))
         _write_atomic(root / LATEST, tag)
         prune(root, keep_last, keep_every)

@@ -12,10 +12,16 @@ from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.training.metrics import stage_summary
 
 
-def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = None) -> Path:
+def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = None, ema: bool = False) -> Path:
+    """`ema`: export the stage's exponential moving average instead of its last weights."""
     paths = RunPaths.of(cfg)
     stage = stage or cfg.stages[-1].name
     weights = paths.final_weights(stage)
+    if ema:
+        weights = weights.with_name("ema.safetensors")
+        if not weights.exists():
+            raise FileNotFoundError(f"stage '{stage}' kept no EMA ({weights} is missing); train it with "
+                                    f"training.ema_decay > 0")
     if not weights.exists():
         raise FileNotFoundError(f"stage '{stage}' has no final weights at {weights}; train it first")
     out = Path(out or paths.export)
@@ -26,6 +32,7 @@ def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = N
     (out / "embodiments.json").write_text(json.dumps(registry.to_dict(), indent=1))
     stats = json.loads((paths.data / "stats.json").read_text())
     (out / "config.json").write_text(json.dumps({"experiment": cfg.model_dump(mode="json"), "exported_stage": stage,
+                                                 "weights": "ema" if ema else "last",
                                                  "stats_hash": stats_hash(stats)}, indent=1))
     (out / "README.md").write_text(model_card(cfg, paths, stage))
     return out

@@ -24,6 +24,7 @@ from wamforge.model_zoo.vae import make_vae
 from wamforge.model_zoo.wam import WorldActionModel
 from wamforge.training import checkpoint
 from wamforge.training.distributed import DistEnv, barrier, init, max_across_ranks, mean_across_ranks, read_env
+from wamforge.training.ema import EMA
 from wamforge.training.engine import build_engine, resolve_precision
 from wamforge.training.metrics import JsonlLog, stage_summary
 from wamforge.training.preemption import Preempted, StopRequest
@@ -105,6 +106,9 @@ class StageRunner:
                                shuffle_buffer_bytes=int(self.cfg.training.shuffle_buffer_mb * 2**20),
                                accumulation=self.cfg.training.grad_accumulation)
 
+        if self.cfg.training.ema_decay and self.cfg.training.zero_stage == 3:
+            raise ValueError("training.ema_decay needs zero_stage <= 2 (ZeRO-3 shards the weights it averages)")
+        self.ema = EMA(engine.module, self.cfg.training.ema_decay) if self.cfg.training.ema_decay else None
         start = 0
         latest = checkpoint.latest(self.ckpt_root) if resume else None
         if latest is not None:
@@ -114,6 +118,8 @@ class StageRunner:
                 raise ValueError(f"{latest} was trained with other data statistics than {self.paths.data}/stats.json "
                                  f"now holds; resume on the dataset it was trained on, or start the stage again")
             loader.load_state_dict(loader_states)
+            if self.ema is not None:
+                self.ema.load(latest / "ema.safetensors")
             start = trainer_state["step"]
             self._say(f"{self.stage.name}: resumed from {latest}")
             if trainer_state["world_size"] != self.dist.world_size:
@@ -128,8 +134,11 @@ class StageRunner:
 
         self._loop(engine, loader, start)
         if self.dist.is_main:
-            checkpoint.save_weights(_full_state_dict(engine), final,
-                                    metadata={"stage": self.stage.name, "steps": self.stage.steps})
+            full = _full_state_dict(engine)
+            checkpoint.save_weights(full, final, metadata={"stage": self.stage.name, "steps": self.stage.steps})
+            if self.ema is not None:
+                checkpoint.save_weights(self.ema.state_dict(full), final.with_name("ema.safetensors"),
+                                        metadata={"stage": self.stage.name, "ema_decay": self.ema.decay})
         barrier()
         summary = {"stage": self.stage.name, **stage_summary(self.dir / "metrics.jsonl")}
         del engine, model, loader
@@ -160,6 +169,8 @@ class StageRunner:
                 if finite:
                     engine.backward(out["loss"])
                     engine.step()
+                    if self.ema is not None and (micro + 1) % accum == 0:  # the optimizer stepped
+                        self.ema.update()
                     window.append({k: float(v.detach()) for k, v in out.items()})
                     nonfinite_run = 0
                 else:  # skipped on every rank alike: no update, and the LR schedule does not advance
@@ -209,13 +220,14 @@ class StageRunner:
 
     def _checkpoint(self, engine, loader: MixtureLoader, step: int, weights: dict) -> Path:
         loader_state = loader.state_dict()
+        extra = {"ema.safetensors": self.ema.save} if self.ema is not None else {}
         return checkpoint.save(engine, self.ckpt_root, step, loader_state,
                                {"stage": self.stage.name, "world_size": self.dist.world_size,
                                 "stats_hash": self.collator.normalizer.stats_hash,
                                 "config": self.cfg.model_dump(mode="json"),
                                 "mixture": weights, "skipped": loader_state["skipped"]},
                                self.dist.rank, keep_last=self.cfg.training.keep_last,
-                               keep_every=self.cfg.training.keep_every)
+                               keep_every=self.cfg.training.keep_every, extra=extra)
 
     def _progress(self, start: int) -> Progress:
         progress = Progress(TextColumn(f"[bold]{self.stage.name}[/]"), BarColumn(), MofNCompleteColumn(),
