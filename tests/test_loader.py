@@ -67,7 +67,7 @@ def test_action_free_samples_are_masked(built):
     cfg, _ = built
     batch = take(make_loader(cfg, stage({"sim": 1.0, "web": 1.0}), batch=8), 3)[-1]
     assert batch.video.shape[1:] == (9, 1, 3, 32, 32)
-    assert batch.video.min() >= -1 and batch.video.max() <= 1
+    assert batch.video.dtype == torch.uint8  # scaled to [-1, 1] by the model, on its device
     for i, key in enumerate(batch.keys):
         if key.startswith("web/"):
             assert not batch.has_actions[i] and not batch.action_mask[i].any() and not batch.proprio_mask[i].any()

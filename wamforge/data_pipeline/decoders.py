@@ -89,25 +89,30 @@ class PyAVReader(Reader):
 READERS = {"decord": DecordReader, "torchcodec": TorchCodecReader, "pyav": PyAVReader}
 
 
+MODULES = {"decord": "decord", "torchcodec": "torchcodec.decoders", "pyav": "av"}
+
+
 @lru_cache(maxsize=None)
+def usable(backend: str) -> bool:
+    """Imported only when asked: each library costs its process memory once loaded."""
+    try:
+        __import__(MODULES[backend])
+    except Exception:  # a missing wheel, or torchcodec without the FFmpeg libraries it loads
+        return False
+    return True
+
+
 def available_backends() -> tuple[str, ...]:
-    found = []
-    for name, module in (("decord", "decord"), ("torchcodec", "torchcodec.decoders"), ("pyav", "av")):
-        try:
-            __import__(module)
-        except Exception:  # a missing wheel, or torchcodec without the FFmpeg libraries it loads
-            continue
-        found.append(name)
-    return tuple(found)
+    return tuple(b for b in BACKENDS if usable(b))
 
 
 def default_backend() -> str:
     chosen = os.environ.get("WAMFORGE_VIDEO_BACKEND")
     if chosen:
-        if chosen not in available_backends():
+        if chosen not in MODULES or not usable(chosen):
             raise ValueError(f"WAMFORGE_VIDEO_BACKEND={chosen} is not usable here; available: {available_backends()}")
         return chosen
-    return next(b for b in PREFERRED if b in available_backends())
+    return next(b for b in PREFERRED if usable(b))
 
 
 def open_reader(source: bytes | str | Path, backend: str | None = None) -> Reader:

@@ -59,7 +59,7 @@ def sample_key(source: str, episode: str, start: int) -> str:
 @dataclass
 class Batch:
     """What the model sees: padded to fixed maxima, with masks saying what is real."""
-    video: torch.Tensor | None  # float [B, T, V, 3, H, W] in [-1, 1]; None when latents are served
+    video: torch.Tensor | None  # uint8 [B, T, V, 3, H, W] (or float in [-1, 1]); None when latents are served
     latents: torch.Tensor | None  # float [B, C, F, h, w] from the shard's latent cache, else None
     video_pad: torch.Tensor  # bool [B, T]: context frames before the episode's start (copies of its first)
     actions: torch.Tensor  # float [B, H, A_max], normalized, from the current frame on

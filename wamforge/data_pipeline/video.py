@@ -31,7 +31,17 @@ def untile_views(frames: np.ndarray, views: int) -> np.ndarray:
 
 def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 [T, V, H, W, 3] -> float [T, V, 3, H, W] in [-1, 1]"""
-    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)
+    return pixels_to_unit(video_to_uint8(frames))
+
+
+def video_to_uint8(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, V, H, W, 3] -> uint8 [T, V, 3, H, W]: what loader workers send (a quarter of float32's bytes)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)
+
+
+def pixels_to_unit(video: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1]; float input is taken as already scaled."""
+    return video.float().div(127.5).sub(1.0) if video.dtype == torch.uint8 else video
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:

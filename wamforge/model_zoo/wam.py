@@ -14,6 +14,7 @@ from torch import nn
 
 from wamforge.config.schema import ModelConfig, TextConfig, TimestepConfig
 from wamforge.data_pipeline.schema import Batch
+from wamforge.data_pipeline.video import pixels_to_unit
 from wamforge.model_zoo.heads import ActionExpert, EmbodimentBank
 from wamforge.model_zoo.text_encoder import ByteTextEncoder
 from wamforge.model_zoo.timesteps import sample_timesteps
@@ -77,7 +78,8 @@ class WorldActionModel(nn.Module):
         return {**counts, "total": sum(counts.values())}
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        return encode_views(self.vae, video)
+        """[B, T, V, 3, H, W], uint8 pixels or float in [-1, 1] -> latents [B, C, F, h, w]."""
+        return encode_views(self.vae, pixels_to_unit(video).to(self.trunk.patch_embedding.weight.dtype))
 
     def _sample_time(self, modality: str, batch: int, device, timesteps: dict | None) -> torch.Tensor:
         default = TimestepConfig(kind="shifted", shift=self.flow_shift) if modality == "video" else TimestepConfig()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from wamforge.data_pipeline.schema import Batch
-from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_tensor
+from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_uint8
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 
 EPS = 1e-6
@@ -74,7 +74,8 @@ class Collator:
 
     @staticmethod
     def frames(item: dict) -> torch.Tensor:
-        return video_to_tensor(untile_views(decode_mp4(item["mp4"]), len(item["meta"]["views"])))
+        # uint8 across the worker boundary; the model scales to [-1, 1] on its device
+        return video_to_uint8(untile_views(decode_mp4(item["mp4"]), len(item["meta"]["views"])))
 
     def decode(self, raw: dict) -> dict:
         meta = json.loads(raw["json"])
