@@ -33,6 +33,10 @@ from wamforge.data_pipeline.build.pipeline import _plan, _run_on_ray  # noqa: E4
 from wamforge.data_pipeline.build.shard_writer import write_shard  # noqa: E402
 
 
+SCALE_3X = ["data.sources.sim.episodes_per_task=36", "data.sources.web_standin.generate.videos=96",
+            "data.sources.web_standin.path=runs/bench_build/web"]
+
+
 def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
 
@@ -53,11 +57,10 @@ def differing_members(a: Path, b: Path) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--config", default=str(ROOT / "configs/experiments/quickstart.yaml"))
-    p.add_argument("--set", action="append", default=["data.sources.sim.episodes_per_task=36",
-                                                       "data.sources.web_standin.generate.videos=96",
-                                                       "data.sources.web_standin.path=runs/bench_build/web"])
+    p.add_argument("--set", action="append", default=None, help="config overrides (replace the defaults)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_build.json")
     args = p.parse_args()
+    args.set = args.set or SCALE_3X
     cfg = load_config(args.config, args.set)
     with tempfile.TemporaryDirectory() as tmp:
         single_dir, ray_dir = Path(tmp) / "single", Path(tmp) / "ray"
