@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
@@ -297,3 +298,14 @@ def test_ema_is_kept_checkpointed_resumed_and_exported(built, tmp_path):
     exported = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(exported[k], ema[k]) for k in ema)
     assert json.loads((out / "config.json").read_text())["weights"] == "ema"
+
+
+def test_a_finished_run_with_another_model_is_not_taken_as_done(trained, tmp_path):
+    path, cfg = trained
+    raw = yaml.safe_load(Path(path).read_text())
+    raw["model"]["action_expert"]["layers"] = 2  # another model than the one whose weights are on disk
+    changed = write_config(raw, tmp_path / "changed.yaml")
+    proc = wamforge("train", changed, "--resume", stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "was trained with another model, stage or embodiment list" in " ".join(err.split())
+    assert "Traceback" not in err

@@ -85,7 +85,8 @@ def cmd_run(cfg: ExperimentConfig, args) -> int:
     started = time.time()
     paths = RunPaths.of(cfg)
     build_dataset(cfg, ray_address=args.ray_address, console=console)
-    code = launch_local(save_resolved(cfg), cfg.training.world_size, cfg.training.threads_per_rank, resume=True)
+    code = launch_local(save_resolved(cfg), cfg.training.world_size, cfg.training.threads_per_rank,
+                        resume=not args.overwrite, overwrite=args.overwrite)
     if code:
         console.print(f"[red]training failed[/] (exit {code}); rerun the same command to resume")
         return code
@@ -248,6 +249,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("run", cmd_run, "build, train, export and evaluate in one go")
     p.add_argument("--ray-address", default=None)
+    p.add_argument("--overwrite", action="store_true", help="train every stage again instead of resuming")
     return parser
 
 

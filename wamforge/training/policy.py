@@ -83,5 +83,10 @@ def load_policy(directory: str | Path, device: str | None = None, flow_steps: in
                          f"(hash {stats_hash(stats)}, expected {meta['stats_hash']}); re-export the run")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = WorldActionModel.for_experiment(cfg, len(registry))
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    weights, own = load_file(str(directory / "model.safetensors")), model.state_dict()
+    misfit = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
+    if misfit or set(weights) - set(own):
+        raise ValueError(f"{directory / 'model.safetensors'} does not fit the model its config.json describes "
+                         f"(first misfit: {(misfit or sorted(set(weights) - set(own)))[0]}); export the run again")
+    model.load_state_dict(weights)
     return Policy(model.to(dev), cfg, registry, stats, dev, flow_steps or cfg.eval.flow_steps)

@@ -6,6 +6,7 @@ resume), streams its mixture and steps the engine; rank 0 logs and writes the st
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from safetensors import safe_open
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from wamforge.config.paths import RunPaths
@@ -88,6 +90,11 @@ class StageRunner:
     def run(self, resume: bool, overwrite: bool) -> dict:
         final = self.paths.final_weights(self.stage.name)
         if resume and final.exists():
+            with safe_open(str(final), "pt") as f:
+                made_by = (f.metadata() or {}).get("fingerprint")
+            if made_by != self.fingerprint():
+                raise RunExistsError(f"{final} was trained with another model, stage or embodiment list than "
+                                     f"this config describes; pass --overwrite to train the run again, or change its name")
             self._say(f"[dim]{self.stage.name}: already complete, skipping[/]")
             return {"stage": self.stage.name, **stage_summary(self.dir / "metrics.jsonl")}
         if not resume and not overwrite and self.ckpt_root.exists() and any(self.ckpt_root.iterdir()):
@@ -135,7 +142,8 @@ class StageRunner:
         self._loop(engine, loader, start)
         if self.dist.is_main:
             full = _full_state_dict(engine)
-            checkpoint.save_weights(full, final, metadata={"stage": self.stage.name, "steps": self.stage.steps})
+            checkpoint.save_weights(full, final, metadata={"stage": self.stage.name, "steps": self.stage.steps,
+                                                           "fingerprint": self.fingerprint()})
             if self.ema is not None:
                 checkpoint.save_weights(self.ema.state_dict(full), final.with_name("ema.safetensors"),
                                         metadata={"stage": self.stage.name, "ema_decay": self.ema.decay})
@@ -144,6 +152,12 @@ class StageRunner:
         del engine, model, loader
         gc.collect()
         return summary
+
+    def fingerprint(self) -> str:
+        """What a stage's final weights depend on: the model, this stage, the embodiments (row order)."""
+        spec = {"model": self.cfg.model.model_dump(mode="json"), "stage": self.stage.model_dump(mode="json"),
+                "embodiments": self.registry.to_dict(), "clip": [self.cfg.data.clip_frames, self.cfg.data.context_frames]}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def _loop(self, engine, loader: MixtureLoader, start: int) -> None:
         stage, training = self.stage, self.cfg.training
