@@ -26,6 +26,16 @@ def wamforge(*args, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "wamforge.cli", *map(str, args)], **kwargs)
 
 
+def wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 300) -> None:
+    """Until a running training writes `path` (a hang guard, not a speed check)."""
+    deadline = time.time() + limit_s
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path} appeared"
+        if time.time() > deadline:
+            pytest.fail(f"{path} did not appear within {limit_s:.0f} s")
+        time.sleep(0.01)
+
+
 def run_config(root: Path, built_cfg) -> tuple[Path, object]:
     raw = tiny_config(root)
     raw["data"]["out_dir"] = str(RunPaths.of(built_cfg).data)  # reuse the session's built shards
@@ -93,12 +103,7 @@ def killed(built, tmp_path_factory):
     paths = RunPaths.of(cfg)
     proc = wamforge("train", path, start_new_session=True)
     latest = paths.checkpoints("align_embodiment") / "latest"
-    deadline = time.time() + 300
-    while not latest.exists():
-        assert proc.poll() is None, "training ended before it could be interrupted"
-        if time.time() > deadline:  # a hang guard, not a speed check
-            pytest.fail("no align_embodiment checkpoint appeared within 300 s")
-        time.sleep(0.01)
+    wait_for(latest, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-stage
     proc.wait()
     assert not paths.final_weights("align_embodiment").exists()
@@ -241,12 +246,7 @@ def test_a_stop_signal_checkpoints_every_rank_and_resume_loses_no_step(trained, 
     paths = RunPaths.of(cfg)
     proc = wamforge("train", path, stderr=subprocess.PIPE, text=True)
     first = paths.checkpoints("align_embodiment") / "step-3"
-    deadline = time.time() + 300
-    while not (first / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before it could be stopped"
-        if time.time() > deadline:  # a hang guard, not a speed check
-            pytest.fail("no align_embodiment checkpoint appeared within 300 s")
-        time.sleep(0.01)
+    wait_for(first / "trainer_state.json", proc)
     proc.send_signal(signal.SIGUSR1)  # what SLURM sends ahead of preemption
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 75, err[-2000:]
@@ -277,12 +277,7 @@ def test_ema_is_kept_checkpointed_resumed_and_exported(built, tmp_path):
     proc = wamforge("train", path, start_new_session=True)
     paths = RunPaths.of(cfg)
     first = paths.checkpoints("pretrain_video") / "step-3"
-    deadline = time.time() + 300
-    while not (first / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before it could be interrupted"
-        if time.time() > deadline:  # a hang guard, not a speed check
-            pytest.fail("no checkpoint appeared within 300 s")
-        time.sleep(0.01)
+    wait_for(first / "trainer_state.json", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (first / "ema.safetensors").exists()
