@@ -20,7 +20,10 @@ console = Console()
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, args.set)
+        config = Path(args.config)
+        if config.is_dir():  # a run directory: the resolved config training saved there
+            config = config / "config.yaml"
+        cfg = load_config(config, args.set)
         return args.func(cfg, args) or 0
     except ConfigError as err:
         console.print(f"[red]config error:[/] {err}", soft_wrap=True)
@@ -41,8 +44,10 @@ def cmd_build(cfg: ExperimentConfig, args) -> int:
 
 def cmd_train(cfg: ExperimentConfig, args) -> int:
     from wamforge.launchers.local import launch_local
+    from wamforge.training.engine import deepspeed_config
     from wamforge.training.preemption import PREEMPTED_EXIT
 
+    deepspeed_config(cfg.training, cfg.training.world_size)  # a user's DeepSpeed JSON is checked before launch
     config_path = save_resolved(cfg)
     code = launch_local(config_path, cfg.training.world_size, cfg.training.threads_per_rank,
                         resume=args.resume, overwrite=args.overwrite)
@@ -111,25 +116,32 @@ def cmd_curriculum_plot(cfg: ExperimentConfig, args) -> int:
     return 0
 
 
+def cmd_plot(cfg: ExperimentConfig, args) -> int:
+    from wamforge.training.plots import plot_training
+
+    out = plot_training(cfg, Path(args.out) if args.out else None)
+    if out is None:
+        raise FileNotFoundError(f"{RunPaths.of(cfg).root} has no metrics.jsonl yet; train a stage first")
+    console.print(f"[green]loss curves[/] drawn in {out}")
+    return 0
+
+
 def cmd_plan(cfg: ExperimentConfig, args) -> int:
     """Size the trunk for a world size, resolution and frame count before submitting."""
-    from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES, WanSize
-    from wamforge.training.plan import plan
+    from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES
+    from wamforge.training.plan import experiment_plan, plan
 
-    m = cfg.model
+    height, width = (int(v) for v in args.resolution.lower().split("x")) if args.resolution else cfg.data.resolution
+    world_size = args.world_size or cfg.training.world_size
     if args.size:
         if args.size not in WAN_SIZES:
             raise ValueError(f"unknown trunk size '{args.size}'; known: {', '.join(WAN_SIZES)}")
-        shape, text_tokens = WAN_SIZES[args.size], 512  # umT5 captions, as Wan was trained
+        result = plan(WAN_SIZES[args.size], args.frames or cfg.data.clip_frames, (height, width), world_size,
+                      text_tokens=512, micro_batch=cfg.training.micro_batch_per_rank)  # umT5 captions, as Wan
     else:
-        s = m.vae.spatial
-        shape = WanSize(m.trunk.dim, m.trunk.ffn_dim, m.trunk.layers, m.trunk.heads, in_channels=3 * s * s,
-                        text_dim=m.text.dim, patch=m.trunk.patch, vae_stride=(m.vae.temporal, s, s))
-        text_tokens = m.text.max_tokens
-    height, width = (int(v) for v in args.resolution.lower().split("x")) if args.resolution else cfg.data.resolution
-    result = plan(shape, args.frames or cfg.data.clip_frames, (height, width),
-                  args.world_size or cfg.training.world_size, text_tokens=text_tokens,
-                  micro_batch=cfg.training.micro_batch_per_rank)
+        data = cfg.data.model_copy(update={"resolution": (height, width),
+                                           "clip_frames": args.frames or cfg.data.clip_frames})
+        result = experiment_plan(cfg.model_copy(update={"data": data}), world_size)
     if args.json:
         console.print_json(json.dumps(result.as_dict()))
         return 0
@@ -213,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name, func, help_text, parent=sub):
         p = parent.add_parser(name, help=help_text)
-        p.add_argument("config", help="experiment YAML, e.g. configs/experiments/quickstart.yaml")
+        p.add_argument("config", help="experiment YAML (e.g. configs/experiments/quickstart.yaml) or a run directory")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set training.world_size=1")
         p.set_defaults(func=func)
@@ -239,6 +251,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="curriculum_command", required=True)
     p = command("plot", cmd_curriculum_plot, "draw every stage's source weights over its steps", curriculum)
     p.add_argument("--out", required=True, help="PNG file to write")
+
+    p = command("plot", cmd_plot, "draw a run's loss curves per stage and source, and its mixture shares")
+    p.add_argument("--out", default=None, help="PNG file to write (default: <run>/training.png)")
 
     p = command("plan", cmd_plan, "parameters, FLOPs and memory per GPU before submitting")
     p.add_argument("--size", default=None, help="a named trunk size instead of the config's, e.g. wan2.1-14b")

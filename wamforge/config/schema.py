@@ -244,12 +244,30 @@ class WeightPoint(Strict):
     weight: float = Field(ge=0)
 
 
+class ParamGroup(Strict):
+    """Parameters matching `params` (fnmatch over names; the first group that matches wins) train
+    with their own learning rate and weight decay; the stage's values fill what is left unset."""
+    params: list[str] = Field(min_length=1)
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+
+
+class LoRAConfig(Strict):
+    """Low-rank adapters on the linear layers matching `targets`: their weights freeze and
+    W + (alpha / rank) * B @ A trains instead; the stage's final weights are saved merged."""
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    targets: list[str] = Field(["trunk.blocks.*.attn1.to_*", "trunk.blocks.*.attn2.to_*"], min_length=1)
+
+
 class StageConfig(Strict):
     name: str
     objective: Literal["video", "joint", "action"]
     steps: int = Field(ge=1)
     mixture: MixtureConfig
-    trainable: list[str] = ["*"]  # fnmatch patterns over parameter names
+    trainable: list[str] = ["*"]  # fnmatch patterns over parameter names (LoRA adapters always train)
+    param_groups: list[ParamGroup] = []
+    lora: LoRAConfig | None = None
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = 0.0
     warmup_steps: int = Field(0, ge=0)
@@ -269,6 +287,11 @@ class StageConfig(Strict):
                 raise ValueError(f"loss_weight_schedule.{modality} needs breakpoints in increasing step order")
         return self
     init_from: str | None = "previous"  # "previous", a path to model.safetensors, or null
+    # rename checkpoint keys on load: {regex: replacement}, applied in order (e.g. {"^model\\.": ""})
+    init_keys: dict[str, str] = {}
+    # strict: every model tensor must be loaded and every checkpoint tensor used; otherwise the
+    # missing ones keep their fresh initialisation and the unused are dropped (both reported)
+    init_strict: bool = True
 
 
 # ----------------------------------------------------------------------------- training / eval / launch
@@ -278,6 +301,15 @@ class TrainingConfig(Strict):
     micro_batch_per_rank: int = Field(4, ge=1)
     grad_accumulation: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False  # ZeRO's optimizer states (and step) in CPU memory
+    # a DeepSpeed JSON of the user's own, laid over the generated one; the keys the experiment
+    # also sets (batch sizes, accumulation, ZeRO stage, precision) must agree with it
+    deepspeed_config: str | None = None
+    # Ulysses sequence parallelism: groups of this many ranks split each sample's tokens (and
+    # all-to-all the heads in attention); the groups are data parallel to each other
+    sequence_parallel: int = Field(1, ge=1)
+    collective_timeout_s: float = Field(1800.0, gt=0)  # a collective waiting this long names the missing ranks
+    tensorboard: bool = True  # also write <stage>/tensorboard/ event files
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     grad_clip: float = 1.0
     checkpoint_every: int = Field(20, ge=1)
@@ -334,6 +366,13 @@ class ExperimentConfig(Strict):
         if self.model.action_expert.horizon > self.data.action_frames:
             raise ValueError(f"model.action_expert.horizon {self.model.action_expert.horizon} exceeds the "
                              f"{self.data.action_frames} action rows a window stores; raise data.action_frames")
+        t = self.training
+        if t.world_size % t.sequence_parallel:
+            raise ValueError(f"training.world_size {t.world_size} is not a multiple of training.sequence_parallel "
+                             f"{t.sequence_parallel}")
+        if self.model.trunk.heads % t.sequence_parallel:
+            raise ValueError(f"model.trunk.heads {self.model.trunk.heads} must divide by training.sequence_parallel "
+                             f"{t.sequence_parallel}: Ulysses gives each rank of a group whole heads")
         if self.stages and self.stages[0].init_from == "previous":
             self.stages[0].init_from = None
         return self

@@ -111,7 +111,9 @@ class WorldActionModel(nn.Module):
         hidden = self.action_expert(tokens, proprio_token, t * NUM_TRAIN_TIMESTEPS, features)
         return self.embodiments.project_actions(hidden, embodiment_id).float()
 
-    def _action_loss(self, batch: Batch, features: torch.Tensor, timesteps: dict | None = None) -> torch.Tensor:
+    def _action_loss(self, batch: Batch, features: torch.Tensor, timesteps: dict | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss over every real action entry, per-sample squared-error sums [B], per-sample entry counts [B])."""
         x0 = batch.actions.float()
         real = batch.action_mask & batch.has_actions[:, None, None]
         if self.training:
@@ -123,7 +125,7 @@ class WorldActionModel(nn.Module):
                                          batch.proprio, batch.proprio_mask, batch.embodiment_id)
         squared = (velocity - (noise - x0)) ** 2 * mask
         # with no real entries this is an exact 0 that still reaches every expert weight (DeepSpeed needs that)
-        return squared.sum() / mask.sum().clamp(min=1)
+        return squared.sum() / mask.sum().clamp(min=1), squared.detach().sum((1, 2)), mask.sum((1, 2))
 
     def forward(self, batch: Batch, objective: str, loss_weights: dict[str, float],
                 timesteps: dict | None = None) -> dict[str, torch.Tensor]:
@@ -133,7 +135,10 @@ class WorldActionModel(nn.Module):
     def loss(self, batch: Batch, objective: str, loss_weights: dict[str, float],
              timesteps: dict | None = None) -> dict[str, torch.Tensor]:
         """objective: "video" (video flow loss), "joint" (video + action, independent timesteps) or
-        "action" (future video is pure noise, trunk run only to the tap, action loss only)."""
+        "action" (future video is pure noise, trunk run only to the tap, action loss only).
+
+        Besides the scalar losses, `per_sample` holds what per-source metrics need: each sample's
+        video loss, and its action squared-error sum and count of real action entries."""
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective '{objective}'; expected one of {OBJECTIVES}")
         x0 = batch.latents if batch.latents is not None else self.encode_video(batch.video)
@@ -155,13 +160,28 @@ class WorldActionModel(nn.Module):
             x_t, future_t, batch.text, tap_layer=None if objective == "video" else self.tap_layer,
             stop_at_tap=objective == "action")
 
-        zero = torch.zeros((), device=x0.device)
-        video_loss = zero if prediction is None else F.mse_loss(
-            prediction[:, :, c:].float(), (noise - x0)[:, :, c:].float())
-        action_loss = zero if features is None else self._action_loss(batch, features, timesteps)
+        zero, zeros = torch.zeros((), device=x0.device), torch.zeros(batch_size, device=x0.device)
+        video_loss, video_per_sample = zero, zeros
+        if prediction is not None:
+            squared = (prediction[:, :, c:].float() - (noise - x0)[:, :, c:].float()) ** 2
+            video_loss, video_per_sample = squared.mean(), squared.detach().flatten(1).mean(1)
+        action_loss, action_sq, action_count = zero, zeros, zeros
+        if features is not None:
+            action_loss, action_sq, action_count = self._action_loss(batch, features, timesteps)
         weights = {"video": 1.0, "action": 1.0, **loss_weights}
         total = weights["video"] * video_loss + weights["action"] * action_loss
-        return {"loss": total, "video_loss": video_loss.detach(), "action_loss": action_loss.detach()}
+        return {"loss": total, "video_loss": video_loss.detach(), "action_loss": action_loss.detach(),
+                "per_sample": {"video_loss": video_per_sample, "action_sq": action_sq, "action_count": action_count}}
+
+    def video_tokens(self, batch: Batch) -> int:
+        """Trunk tokens per sample of this batch (latent frames x patches of the tiled views)."""
+        if batch.latents is not None:
+            frames, height, width = batch.latents.shape[2:]
+        else:
+            _, _, views, _, pixel_h, pixel_w = batch.video.shape
+            frames, height, width = self.latent_frames, pixel_h // self.vae.spatial_stride, views * pixel_w // self.vae.spatial_stride
+        p_t, p_h, p_w = self.trunk.patch_size
+        return (frames // p_t) * (height // p_h) * (width // p_w)
 
     @torch.no_grad()
     def sample_actions(self, video: torch.Tensor, proprio: torch.Tensor, proprio_mask: torch.Tensor,

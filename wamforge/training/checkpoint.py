@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from wamforge.training.distributed import barrier
+from wamforge.training.faults import Faults
 
 LATEST = "latest"
 
@@ -25,6 +26,7 @@ def save(engine, root: Path, step: int, loader_state: dict, trainer_state: dict,
     (step_dir / f"loader.rank{rank}.json").write_text(json.dumps(loader_state))
     save_file({"cpu": torch.get_rng_state(), **_cuda_rng()}, str(step_dir / f"rng.rank{rank}.safetensors"))
     barrier()
+    Faults.from_env().maybe_crash_in_checkpoint(step)
     if rank == 0:
         for name, write in (extra or {}).items():
             write(step_dir / name)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -29,8 +30,9 @@ def read_env() -> DistEnv:
     return DistEnv(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
-def init(dist: DistEnv) -> torch.device:
-    """Join the process group: NCCL on GPUs, gloo on CPU."""
+def init(dist: DistEnv, timeout_s: float = 1800.0) -> torch.device:
+    """Join the process group: NCCL on GPUs, gloo on CPU; a collective that waits `timeout_s`
+    raises instead of hanging the job."""
     import deepspeed
 
     if torch.cuda.is_available():
@@ -40,7 +42,7 @@ def init(dist: DistEnv) -> torch.device:
         device, backend = torch.device("cpu"), "gloo"
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                                   rank=dist.rank, world_size=dist.world_size)
+                                   rank=dist.rank, world_size=dist.world_size, timeout=timedelta(seconds=timeout_s))
     return device
 
 
@@ -64,3 +66,45 @@ def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[st
     torch.distributed.all_reduce(t)
     t /= torch.distributed.get_world_size()
     return dict(zip(values, t.tolist()))
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited past training.collective_timeout_s; the message names the ranks behind."""
+
+
+def is_timeout(err: BaseException) -> bool:
+    return "timed out" in str(err).lower() or type(err).__name__ == "DistBackendError"
+
+
+class Heartbeat:
+    """Each rank posts the step it has reached to the rendezvous store (reachable from every node);
+    when a collective times out, the rank that waited reads them and names the ranks behind it."""
+
+    def __init__(self, rank: int, world_size: int, stage: str):
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        self.rank, self.world_size, self.prefix = rank, world_size, f"wamforge/{stage}/step/"
+        self.store = _get_default_store() if torch.distributed.is_initialized() else None
+        self.step = 0
+
+    def beat(self, step: int) -> None:
+        self.step = step
+        if self.store is not None:
+            self.store.set(f"{self.prefix}{self.rank}", str(step))
+
+    def behind(self) -> dict[int, int | None]:
+        """{rank: the last step it reached (None: never started)} for every rank behind this one."""
+        if self.store is None:
+            return {}
+        steps = {}
+        for rank in range(self.world_size):
+            key = f"{self.prefix}{rank}"
+            steps[rank] = int(self.store.get(key)) if self.store.check([key]) else None
+        return {r: s for r, s in steps.items() if s is None or s < self.step}
+
+    def explain(self, timeout_s: float) -> str:
+        behind = self.behind()
+        who = ", ".join(f"rank {r} (" + ("never started" if s is None else f"last reached step {s}") + ")"
+                        for r, s in behind.items()) or "no rank is behind in steps (a hang inside the step)"
+        return (f"rank {self.rank} waited {timeout_s:g} s in a collective at step {self.step}; behind it: {who}. "
+                f"Their logs show why (a stuck data loader, a deadlock, a lost node); resume with --resume")

@@ -2,14 +2,23 @@
 
 Updated after every optimizer step that was taken; saved with each checkpoint and with the stage's
 final weights (`ema.safetensors`), and exported instead of the raw weights with `export --ema`.
-Under ZeRO-1/2 every rank holds the full parameters, so every rank keeps the same average.
+Under ZeRO-1/2 every rank holds the full parameters and keeps the same average. Under ZeRO-3 each
+rank averages only its own partition of every parameter (`ds_tensor`), so the EMA is sharded like
+the weights; saving gathers the partitions into full tensors, so files look the same either way
+and a resume on another number of ranks re-cuts them.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+
+def _local(param: torch.nn.Parameter) -> torch.Tensor:
+    """What this rank holds of a parameter: its ZeRO-3 partition (flat, zero-padded) or all of it."""
+    return param.ds_tensor if hasattr(param, "ds_tensor") else param
 
 
 class EMA:
@@ -18,24 +27,43 @@ class EMA:
             raise ValueError(f"training.ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
-        self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
+        self.shadow = {n: _local(p).detach().float().clone() for n, p in self.params.items()}
+        self.sharded = any(hasattr(p, "ds_tensor") for p in self.params.values())
 
     @torch.no_grad()
     def update(self) -> None:
         for name, param in self.params.items():
-            self.shadow[name].lerp_(param.detach().float(), 1 - self.decay)
+            self.shadow[name].lerp_(_local(param).detach().float(), 1 - self.decay)
 
-    def state_dict(self, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`full` (the model's state dict) with the averaged weights in place of the trained ones."""
-        return {k: (self.shadow[k] if k in self.shadow else v).detach().to("cpu", torch.float32).contiguous()
+    def gather(self) -> dict[str, torch.Tensor]:
+        """Full fp32 tensors of the average. Under ZeRO-3 a collective: every rank must call it."""
+        if not self.sharded:
+            return {k: v.cpu().contiguous() for k, v in self.shadow.items()}
+        full = {}
+        for name, param in self.params.items():
+            parts = [torch.empty_like(self.shadow[name]) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, self.shadow[name])
+            full[name] = torch.cat(parts)[: param.ds_numel].view(param.ds_shape).cpu()
+        return full
+
+    def state_dict(self, full: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`full` (the model's state dict) with the `averaged` weights (from gather) in place of the trained ones."""
+        return {k: (averaged[k] if k in averaged else v).detach().to("cpu", torch.float32).contiguous()
                 for k, v in full.items()}
 
-    def save(self, path: Path) -> None:
-        save_file({k: v.cpu().contiguous() for k, v in self.shadow.items()}, str(path))
+    @staticmethod
+    def save(averaged: dict[str, torch.Tensor], path: Path) -> None:
+        save_file(averaged, str(path))
 
     def load(self, path: Path) -> None:
         saved = load_file(str(path))
         if set(saved) != set(self.shadow):
             raise ValueError(f"{path} averages other parameters than this stage trains")
         for name, value in saved.items():
+            param = self.params[name]
+            if hasattr(param, "ds_tensor"):  # this rank's partition of the full tensor
+                size = param.ds_tensor.numel()
+                flat = torch.zeros(size * dist.get_world_size())
+                flat[: value.numel()] = value.flatten()
+                value = flat[dist.get_rank() * size:(dist.get_rank() + 1) * size]
             self.shadow[name].copy_(value)

@@ -77,3 +77,14 @@ def plan(shape: WanSize, frames: int, resolution: tuple[int, int], world_size: i
     }
     return Plan(params, largest, tokens, float(forward), float(forward * 3), int(activations),
                 int(checkpointed), states)
+
+
+def experiment_plan(cfg, world_size: int | None = None) -> Plan:
+    """The plan of an experiment's own trunk at its resolution, frames and micro-batch."""
+    from wamforge.model_zoo.trunks.wan_sizes import WanSize
+
+    m, s = cfg.model, cfg.model.vae.spatial
+    shape = WanSize(m.trunk.dim, m.trunk.ffn_dim, m.trunk.layers, m.trunk.heads, in_channels=3 * s * s,
+                    text_dim=m.text.dim, patch=m.trunk.patch, vae_stride=(m.vae.temporal, s, s))
+    return plan(shape, cfg.data.clip_frames, tuple(cfg.data.resolution), world_size or cfg.training.world_size,
+                text_tokens=m.text.max_tokens, micro_batch=cfg.training.micro_batch_per_rank)

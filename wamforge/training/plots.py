@@ -20,10 +20,10 @@ def plot_training(cfg: ExperimentConfig, out: Path | None = None) -> Path | None
     stages = [(s, read_jsonl(m)) for s, m in stages if m.exists()]
     if not stages:
         return None
-    fig, axes = plt.subplots(2, len(stages), figsize=(4.2 * len(stages), 6), squeeze=False)
+    fig, axes = plt.subplots(3, len(stages), figsize=(4.2 * len(stages), 9), squeeze=False)
     for col, (stage, rows) in enumerate(stages):
         steps = [r["step"] for r in rows]
-        top, bottom = axes[0][col], axes[1][col]
+        top, middle, bottom = axes[0][col], axes[1][col], axes[2][col]
         for key, colour in (("loss", "C0"), ("video_loss", "C1"), ("action_loss", "C2")):
             values = [r[key] for r in rows]
             if any(values):
@@ -32,6 +32,7 @@ def plot_training(cfg: ExperimentConfig, out: Path | None = None) -> Path | None
         top.set_title(f"{stage.name} ({stage.objective})")
         top.set_xlabel("step")
         top.legend(fontsize=8)
+        _plot_sources(middle, rows)
         sources = sorted({name for r in rows for name in r["mixture"]})
         for i, name in enumerate(sources):
             bottom.plot(steps, [r["mixture"].get(name, 0.0) for r in rows], color=f"C{i}", label=f"{name} target")
@@ -47,6 +48,21 @@ def plot_training(cfg: ExperimentConfig, out: Path | None = None) -> Path | None
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _plot_sources(ax, rows: list[dict]) -> None:
+    """Each source's video (solid) and action (dashed) loss, smoothed; a source is drawn where it was sampled."""
+    sources = sorted({name for r in rows for name in r.get("source_loss", {})})
+    for i, name in enumerate(sources):
+        for key, style in (("video_loss", "-"), ("action_loss", "--")):
+            points = [(r["step"], r["source_loss"][name][key]) for r in rows if name in r.get("source_loss", {})]
+            if any(v for _, v in points):
+                ax.plot([s for s, _ in points], _smooth([v for _, v in points]), color=f"C{i}", linestyle=style,
+                        label=f"{name} {key.split('_')[0]}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per source")
+    if sources:
+        ax.legend(fontsize=8)
 
 
 def plot_curriculum(cfg: ExperimentConfig, out: Path) -> Path:

@@ -1,6 +1,9 @@
-"""Stage handoff: which weights a stage starts from, with a report of what was loaded."""
+"""Stage handoff: which weights a stage starts from, renamed by the stage's key map, with a
+report of what was loaded, what is new (kept at its fresh initialisation) and what was dropped."""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,24 +22,74 @@ def init_path(stage: StageConfig, cfg: ExperimentConfig, paths: RunPaths) -> Pat
     return Path(stage.init_from)
 
 
+@dataclass
+class InitReport:
+    source: Path | None = None
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
+    dropped: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"source": str(self.source) if self.source else None, "loaded": len(self.loaded),
+                "new": self.new, "dropped": self.dropped, "renamed": self.renamed}
+
+    def __str__(self) -> str:
+        if self.source is None:
+            return "initialised from scratch"
+        text = f"loaded {len(self.loaded)} tensors from {self.source}"
+        if self.renamed:
+            text += f", {len(self.renamed)} renamed"
+        if self.new:
+            text += f"; {len(self.new)} new (fresh init): {_preview(self.new)}"
+        if self.dropped:
+            text += f"; {len(self.dropped)} dropped: {_preview(self.dropped)}"
+        return text
+
+
+def rename_keys(keys, mapping: dict[str, str]) -> dict[str, str]:
+    """{checkpoint key: model key} after applying each regex substitution in order."""
+    out = {}
+    for key in keys:
+        new = key
+        for pattern, replacement in mapping.items():
+            new = re.sub(pattern, replacement, new)
+        out[key] = new
+    return out
+
+
 def load_initial_weights(model: torch.nn.Module, stage: StageConfig, cfg: ExperimentConfig,
-                         paths: RunPaths) -> str:
+                         paths: RunPaths) -> InitReport:
     path = init_path(stage, cfg, paths)
     if path is None:
-        return "initialised from scratch"
+        return InitReport()
     if not path.exists():
         raise FileNotFoundError(f"stage '{stage.name}' starts from {path}, which does not exist; "
                                 f"train the previous stage first or fix init_from")
-    state = load_file(str(path))
+    loaded = load_file(str(path))
+    names = rename_keys(loaded, stage.init_keys)
+    state = {names[k]: v for k, v in loaded.items()}
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    report = InitReport(source=path, new=sorted(set(own) - set(state)), dropped=sorted(set(state) - set(own)),
+                        renamed={k: v for k, v in names.items() if k != v})
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        raise ValueError(f"weights in {path} do not fit stage '{stage.name}': missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape-mismatched {mismatched[:5]}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-    return f"loaded {len(state)} tensors from {path}"
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"weights in {path} do not fit stage '{stage.name}': {len(mismatched)} tensors have "
+                         f"another shape, e.g. {k} is {tuple(state[k].shape)} there and {tuple(own[k].shape)} here")
+    if stage.init_strict and (report.new or report.dropped):
+        raise ValueError(f"weights in {path} do not fit stage '{stage.name}': model tensors missing from them "
+                         f"{_preview(report.new)}, tensors the model lacks {_preview(report.dropped)}; map names "
+                         f"with init_keys, or set init_strict: false to start the missing ones fresh")
+    report.loaded = sorted(set(own) & set(state))
+    if not report.loaded:
+        raise ValueError(f"no tensor in {path} matches a model tensor of stage '{stage.name}'; check init_keys")
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in report.loaded}, strict=False)
+    return report
+
+
+def _preview(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "") if keys else "none"
 
 
 def loss_weights_at(stage, step: int) -> dict[str, float]:

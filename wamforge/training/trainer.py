@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -24,11 +23,17 @@ from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.vae import make_vae
 from wamforge.model_zoo.wam import WorldActionModel
+from wamforge.model_zoo.lora import adapters_only, apply_lora, merge_lora
+from wamforge.model_zoo.sequence_parallel import SequenceShard, sequence_groups
 from wamforge.training import checkpoint
-from wamforge.training.distributed import DistEnv, barrier, init, max_across_ranks, mean_across_ranks, read_env
+from wamforge.training.distributed import (CollectiveTimeout, DistEnv, Heartbeat, barrier, init, is_timeout,
+                                           max_across_ranks, mean_across_ranks, read_env)
 from wamforge.training.ema import EMA
 from wamforge.training.engine import build_engine, resolve_precision
-from wamforge.training.metrics import JsonlLog, stage_summary
+from wamforge.training.faults import Faults
+from wamforge.training.metrics import (JsonlLog, TensorBoardLog, device_peak_flops, peak_memory_mb,
+                                       stage_summary)
+from wamforge.training.plan import experiment_plan
 from wamforge.training.preemption import Preempted, StopRequest
 from wamforge.training.stages import load_initial_weights, loss_weights_at
 
@@ -42,24 +47,23 @@ def _zero_loss(engine) -> torch.Tensor:
     return torch.stack([p.sum() * 0 for p in engine.module.parameters() if p.requires_grad]).sum()
 
 
-def _injected_nonfinite_steps() -> set[int]:
-    """Fault injection for tests: WAMFORGE_INJECT_NONFINITE="3,5" makes rank 0's loss NaN at those
-    steps; "4+" from step 4 on (encoded as {4, -1})."""
-    spec = os.environ.get("WAMFORGE_INJECT_NONFINITE", "")
-    steps = set()
-    for part in filter(None, spec.split(",")):
-        steps |= {int(part[:-1]), -1} if part.endswith("+") else {int(part)}
-    return steps
-
-
 class RunExistsError(RuntimeError):
     pass
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> list[dict]:
+def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
+          only: list[str] | None = None) -> list[dict]:
+    """Train every stage in order, or only the stages named in `only` (one job per stage on a scheduler)."""
+    unknown = set(only or []) - {s.name for s in cfg.stages}
+    if unknown:
+        raise ValueError(f"no stage named {sorted(unknown)}; the config has {[s.name for s in cfg.stages]}")
     dist = read_env()
-    device = init(dist)
+    sp = cfg.training.sequence_parallel
+    if dist.world_size % sp:
+        raise ValueError(f"{dist.world_size} ranks do not split into sequence-parallel groups of {sp}")
+    device = init(dist, cfg.training.collective_timeout_s)
     torch.set_num_threads(cfg.training.threads_per_rank)
+    shard = SequenceShard(sequence_groups(dist.world_size, sp)) if sp > 1 else None
     paths = RunPaths.of(cfg)
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     stats = json.loads((paths.data / "stats.json").read_text())
@@ -71,7 +75,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     stop = StopRequest().install()  # SIGTERM / SIGUSR1: checkpoint at the next step, then exit
     summaries = []
     for index, stage in enumerate(cfg.stages):
-        runner = StageRunner(cfg, stage, index, paths, registry, collator, dist, device, console, stop)
+        if only and stage.name not in only:
+            continue
+        runner = StageRunner(cfg, stage, index, paths, registry, collator, dist, device, console, stop, shard)
         summaries.append(runner.run(resume=resume, overwrite=overwrite))
     torch.distributed.destroy_process_group()  # leave no communicator threads behind at exit
     return summaries
@@ -79,9 +85,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
 
 class StageRunner:
     def __init__(self, cfg, stage: StageConfig, index: int, paths: RunPaths, registry, collator,
-                 dist: DistEnv, device: torch.device, console: Console, stop: StopRequest | None = None):
+                 dist: DistEnv, device: torch.device, console: Console, stop: StopRequest | None = None,
+                 shard: SequenceShard | None = None):
         self.cfg, self.stage, self.index, self.paths = cfg, stage, index, paths
         self.stop = stop or StopRequest()
+        # a sequence-parallel group shares its samples: the loader and the noise see one data rank per group
+        self.shard, group = shard, cfg.training.sequence_parallel
+        self.data_rank, self.data_world = dist.rank // group, dist.world_size // group
         self.registry, self.collator, self.dist, self.device, self.console = registry, collator, dist, device, console
         self.dir = paths.stage(stage.name)
         self.ckpt_root = paths.checkpoints(stage.name)
@@ -104,17 +114,20 @@ class StageRunner:
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
         model = WorldActionModel.for_experiment(self.cfg, len(self.registry))
         report = load_initial_weights(model, self.stage, self.cfg, self.paths)
+        if self.stage.lora:
+            apply_lora(model, self.stage.lora)
+        if self.shard is not None:
+            model.trunk.shard_sequence(self.shard)
+        self.video_tokens_fn, self.horizon = model.video_tokens, model.horizon
         engine = build_engine(model, self.stage, self.cfg.training, self.dist.world_size)
-        loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.dist.rank,
-                               self.dist.world_size, self.cfg.training.micro_batch_per_rank,
+        loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.data_rank,
+                               self.data_world, self.cfg.training.micro_batch_per_rank,
                                seed=self.cfg.seed * 1000 + self.index, workers=self.cfg.training.loader_workers,
                                prefetch=self.cfg.training.prefetch_batches,
                                stall_timeout_s=self.cfg.training.loader_stall_timeout_s,
                                shuffle_buffer_bytes=int(self.cfg.training.shuffle_buffer_mb * 2**20),
                                accumulation=self.cfg.training.grad_accumulation)
 
-        if self.cfg.training.ema_decay and self.cfg.training.zero_stage == 3:
-            raise ValueError("training.ema_decay needs zero_stage <= 2 (ZeRO-3 shards the weights it averages)")
         self.ema = EMA(engine.module, self.cfg.training.ema_decay) if self.cfg.training.ema_decay else None
         start = 0
         latest = checkpoint.latest(self.ckpt_root) if resume else None
@@ -124,7 +137,8 @@ class StageRunner:
             if trainer_state["stats_hash"] != self.collator.normalizer.stats_hash:
                 raise ValueError(f"{latest} was trained with other data statistics than {self.paths.data}/stats.json "
                                  f"now holds; resume on the dataset it was trained on, or start the stage again")
-            loader.load_state_dict(loader_states)
+            # the ranks of a sequence-parallel group read the same data: one state per group
+            loader.load_state_dict(loader_states[:: trainer_state.get("sequence_parallel", 1)])
             if self.ema is not None:
                 self.ema.load(latest / "ema.safetensors")
             start = trainer_state["step"]
@@ -134,24 +148,38 @@ class StageRunner:
                           f"ranks; on {self.dist.world_size} the loader re-deals the rest of the current pass "
                           f"and AdamW's moments restart[/]")
         else:
-            # a distinct noise stream per rank and stage
-            torch.manual_seed(self.cfg.seed * 7919 + self.dist.rank * 104729 + self.index)
-            if report:
-                self._say(f"{self.stage.name}: {report}")
+            # a distinct noise stream per data rank and stage (shared within a sequence-parallel group)
+            torch.manual_seed(self.cfg.seed * 7919 + self.data_rank * 104729 + self.index)
+            self._say(f"{self.stage.name}: {report}")
+            if self.dist.is_main:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                (self.dir / "init_report.json").write_text(json.dumps(report.as_dict(), indent=1))
 
         self._loop(engine, loader, start)
-        if self.dist.is_main:
-            full = _full_state_dict(engine)
-            checkpoint.save_weights(full, final, metadata={"stage": self.stage.name, "steps": self.stage.steps,
-                                                           "fingerprint": self.fingerprint()})
-            if self.ema is not None:
-                checkpoint.save_weights(self.ema.state_dict(full), final.with_name("ema.safetensors"),
-                                        metadata={"stage": self.stage.name, "ema_decay": self.ema.decay})
+        self._save_final(engine, final)
         barrier()
         summary = {"stage": self.stage.name, **stage_summary(self.dir / "metrics.jsonl")}
         del engine, model, loader
         gc.collect()
         return summary
+
+    def _save_final(self, engine, final: Path) -> None:
+        """The stage's weights as one fp32 safetensors file (LoRA merged in; the adapters also on
+        their own), and the EMA beside them; what export and the next stage read, without DeepSpeed."""
+        full = _full_state_dict(engine)  # under ZeRO-3 a gather: every rank takes part
+        averaged = self.ema.gather() if self.ema is not None else None
+        if not self.dist.is_main:
+            return
+        lora = self.stage.lora
+        merge = (lambda state: merge_lora(state, lora.alpha / lora.rank)) if lora else (lambda state: state)
+        meta = {"stage": self.stage.name, "steps": self.stage.steps, "fingerprint": self.fingerprint()}
+        checkpoint.save_weights(merge(full), final, metadata=meta)
+        if lora:
+            checkpoint.save_weights(adapters_only(full), final.with_name("lora.safetensors"),
+                                    metadata={**meta, **lora.model_dump(mode="json")})
+        if self.ema is not None:
+            checkpoint.save_weights(merge(self.ema.state_dict(full, averaged)), final.with_name("ema.safetensors"),
+                                    metadata={**meta, "ema_decay": self.ema.decay})
 
     def fingerprint(self) -> str:
         """What a stage's final weights depend on: the model, this stage, the embodiments (row order)."""
@@ -160,24 +188,41 @@ class StageRunner:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def _loop(self, engine, loader: MixtureLoader, start: int) -> None:
+        heartbeat = Heartbeat(self.dist.rank, self.dist.world_size, self.stage.name)
+        try:
+            self._steps(engine, loader, start, heartbeat)
+        except RuntimeError as err:
+            if not is_timeout(err):
+                raise
+            raise CollectiveTimeout(f"{self.stage.name}: " + heartbeat.explain(self.cfg.training.collective_timeout_s)) from err
+
+    def _steps(self, engine, loader: MixtureLoader, start: int, heartbeat: Heartbeat) -> None:
         stage, training = self.stage, self.cfg.training
         accum = training.grad_accumulation
-        metrics = JsonlLog(self.dir / "metrics.jsonl", start) if self.dist.is_main else None
+        logs = [JsonlLog(self.dir / "metrics.jsonl", start)] if self.dist.is_main else []
+        if self.dist.is_main and training.tensorboard:
+            logs.append(TensorBoardLog(self.dir / "tensorboard", start))
         trace = JsonlLog(self.dir / f"samples.rank{self.dist.rank}.jsonl", start)
-        samples_per_step = training.micro_batch_per_rank * accum * self.dist.world_size
-        step, micro, window, waited = start, 0, [], 0.0
+        samples_per_step = training.micro_batch_per_rank * accum * self.data_world
+        peak_flops = device_peak_flops(self.device)
+        train_flops_per_sample = experiment_plan(self.cfg).flops_train_step / training.micro_batch_per_rank
+        sources = list(self.cfg.data.sources)
+        faults = Faults.from_env()
+        step, micro, window, waited = start, 0, StepWindow(sources), 0.0
         nonfinite, nonfinite_run, last_saved = 0, 0, None
-        inject = _injected_nonfinite_steps() if self.dist.is_main else set()
         tic = time.perf_counter()
         batches = iter(loader)
         with self._progress(start) as progress:
             while True:
+                if micro % accum == 0:
+                    faults.maybe_hang(self.dist.rank, step + 1)
+                    heartbeat.beat(step + 1)
                 asked = time.perf_counter()
                 batch, weights = next(batches)
                 waited += time.perf_counter() - asked  # the trainer idles while the loader catches up
                 loss_weights = loss_weights_at(stage, step)
                 out = engine(batch.to(self.device, self.dtype), stage.objective, loss_weights, stage.timesteps)
-                if step + 1 in inject or -1 in inject and step + 1 >= min(inject - {-1}):
+                if faults.nonfinite(self.dist.rank, step + 1):
                     out["loss"] = out["loss"] * float("nan")
                 finite = max_across_ranks(float(not torch.isfinite(out["loss"]).item()), self.device) == 0
                 if finite:
@@ -185,7 +230,7 @@ class StageRunner:
                     engine.step()
                     if self.ema is not None and (micro + 1) % accum == 0:  # the optimizer stepped
                         self.ema.update()
-                    window.append({k: float(v.detach()) for k, v in out.items()})
+                    window.add(out, batch, self.video_tokens_fn(batch), self.horizon)
                     nonfinite_run = 0
                 else:  # skipped on every rank alike: no update, and the LR schedule does not advance
                     nonfinite, nonfinite_run = nonfinite + 1, nonfinite_run + 1
@@ -198,21 +243,29 @@ class StageRunner:
                     continue
                 step += 1
                 toc = time.perf_counter()
-                wait_pct = 100 * waited / (toc - tic)
+                elapsed = toc - tic
+                wait_pct = 100 * waited / elapsed
                 # ranks consume equal batch counts, so the mean of their shares is the run's share
                 realized = {f"realized/{n}": share for n, share in loader.realized().items()}
-                losses = {k: sum(w[k] for w in window) / len(window) for k in window[0]} if window else {
-                    "loss": float("nan"), "video_loss": float("nan"), "action_loss": float("nan")}
-                values = mean_across_ranks({**losses, "data_wait_pct": wait_pct, **realized}, self.device)
+                values = mean_across_ranks({**window.values(), "data_wait_pct": wait_pct, **realized}, self.device)
                 realized = {k.split("/", 1)[1]: round(values.pop(k), 4) for k in realized}
-                row = {"step": step, **values, "data_wait_pct_max": max_across_ranks(wait_pct, self.device),
-                       "lr": engine.get_lr()[0], "samples_per_s": samples_per_step / (toc - tic),
+                samples_per_s = samples_per_step / elapsed
+                grad_norm = engine.get_global_grad_norm() if window.steps else None
+                row = {"step": step, **window.summary(values, self.dist.world_size, self.cfg.training.sequence_parallel,
+                                                      elapsed),
+                       "data_wait_pct": values["data_wait_pct"],
+                       "data_wait_pct_max": max_across_ranks(wait_pct, self.device),
+                       "lr": engine.get_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm),
+                       "samples_per_s": samples_per_s,
+                       "peak_memory_mb": max_across_ranks(peak_memory_mb(self.device), self.device),
+                       "mfu": None if peak_flops is None else
+                       samples_per_s * train_flops_per_sample / (self.dist.world_size * peak_flops),
                        "mixture": weights, "realized": realized, "skipped_nonfinite": nonfinite,
                        "loss_weights": loss_weights}
-                window, waited, tic = [], 0.0, toc
-                if metrics is not None:
-                    metrics.write(row)
-                    progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
+                window, waited, tic = StepWindow(sources), 0.0, toc
+                for log in logs:
+                    log.write(row)
+                progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
                 stop = max_across_ranks(float(self.stop.requested), self.device) > 0
                 if step % training.checkpoint_every == 0 or step == stage.steps or stop or \
                         nonfinite_run >= training.max_nonfinite_steps:
@@ -229,14 +282,18 @@ class StageRunner:
                     break
         batches.close()  # stops the loader's worker processes now, not at garbage collection
         trace.close()
-        if metrics is not None:
-            metrics.close()
+        for log in logs:
+            log.close()
 
     def _checkpoint(self, engine, loader: MixtureLoader, step: int, weights: dict) -> Path:
         loader_state = loader.state_dict()
-        extra = {"ema.safetensors": self.ema.save} if self.ema is not None else {}
+        extra = {}
+        if self.ema is not None:  # under ZeRO-3 gathering the average is a collective: every rank now
+            averaged = self.ema.gather()
+            extra["ema.safetensors"] = lambda path: EMA.save(averaged, path)
         return checkpoint.save(engine, self.ckpt_root, step, loader_state,
                                {"stage": self.stage.name, "world_size": self.dist.world_size,
+                                "sequence_parallel": self.cfg.training.sequence_parallel,
                                 "stats_hash": self.collator.normalizer.stats_hash,
                                 "config": self.cfg.model_dump(mode="json"),
                                 "mixture": weights, "skipped": loader_state["skipped"]},
@@ -255,14 +312,67 @@ class StageRunner:
             self.console.print(text)
 
 
+class StepWindow:
+    """What the micro-batches of one optimizer step add up to on this rank: losses overall and per
+    source, and tokens. `values` holds rank-local means (made global by one all-reduce), and
+    `summary` turns the global means into the metrics row."""
+
+    def __init__(self, sources: list[str]):
+        self.sources, self.steps = sources, 0
+        self.sums: dict[str, float] = {}
+
+    def _add(self, key: str, value: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def add(self, out: dict, batch, video_tokens: int, horizon: int) -> None:
+        self.steps += 1
+        for key in ("loss", "video_loss", "action_loss"):
+            self._add(key, float(out[key].detach()))
+        per_sample = out["per_sample"]
+        for index, name in enumerate(self.sources):
+            mine = batch.source_id == index
+            if mine.any():
+                self._add(f"n/{name}", float(mine.sum()))
+                self._add(f"video/{name}", float(per_sample["video_loss"][mine].sum()))
+                self._add(f"action_sq/{name}", float(per_sample["action_sq"][mine].sum()))
+                self._add(f"action_n/{name}", float(per_sample["action_count"][mine].sum()))
+        self._add("video_tokens", len(batch.source_id) * video_tokens)
+        self._add("action_tokens", float((per_sample["action_count"] > 0).sum()) * horizon)  # chunks the expert denoised
+
+    def values(self) -> dict[str, float]:
+        keys = ["loss", "video_loss", "action_loss", "video_tokens", "action_tokens"]
+        keys += [f"{kind}/{n}" for n in self.sources for kind in ("n", "video", "action_sq", "action_n")]
+        out = {k: self.sums.get(k, 0.0) for k in keys}
+        for key in ("loss", "video_loss", "action_loss"):  # a per-micro-batch mean; NaN if every one was skipped
+            out[key] = out[key] / self.steps if self.steps else float("nan")
+        return out
+
+    def summary(self, means: dict[str, float], world_size: int, sequence_parallel: int, elapsed: float) -> dict:
+        # a sequence-parallel group counts each of its samples once per rank: divide it back out
+        total = {k: v * world_size / sequence_parallel for k, v in means.items()}
+        per_source = {}
+        for name in self.sources:
+            if total[f"n/{name}"]:
+                per_source[name] = {"video_loss": total[f"video/{name}"] / total[f"n/{name}"],
+                                    "action_loss": total[f"action_sq/{name}"] / max(total[f"action_n/{name}"], 1)}
+        return {"loss": means["loss"], "video_loss": means["video_loss"], "action_loss": means["action_loss"],
+                "source_loss": per_source, "video_tokens_per_s": total["video_tokens"] / elapsed,
+                "action_tokens_per_s": total["action_tokens"] / elapsed}
+
+
 def _full_state_dict(engine) -> dict[str, torch.Tensor]:
-    if engine.zero_optimization_partition_weights():  # ZeRO-3 shards parameters: gather them
+    """The whole model on rank 0; under ZeRO-3 a gather of the partitions, which every rank joins."""
+    if engine.zero_optimization_partition_weights():
         return engine._zero3_consolidated_16bit_state_dict()
     return engine.module.state_dict()
 
 
-def main_from_file(config_path: Path, resume: bool, overwrite: bool) -> None:
-    """Entry point of each rank process (see launchers/local.py)."""
+def main_from_file(config_path: Path, resume: bool, overwrite: bool, only: list[str] | None = None) -> None:
+    """Entry point of each rank process, whoever started it (launchers/local.py, srun, accelerate, Ray)."""
     from wamforge.config import load_config
+    from wamforge.launchers.accelerate import apply_accelerate_plugin
 
-    train(load_config(config_path), resume=resume, overwrite=overwrite)
+    cfg, changes = apply_accelerate_plugin(load_config(config_path))
+    if changes and read_env().is_main:
+        Console(stderr=True).print(f"accelerate launch: training settings {changes}")
+    train(cfg, resume=resume, overwrite=overwrite, only=only)

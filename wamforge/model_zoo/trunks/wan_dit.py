@@ -159,6 +159,7 @@ class WanAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # a list only so names read to_out.0.*
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.sequence_shard = None  # set by WanDiT.shard_sequence: self-attention across the group
         if image_kv:  # the image tokens are already projected to dim by the image embedder
             self.add_k_proj = nn.Linear(dim, dim)
             self.add_v_proj = nn.Linear(dim, dim)
@@ -172,7 +173,10 @@ class WanAttention(nn.Module):
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        out = attention(q, k, v, key_padding_mask=context_mask, attn_mask=attn_mask)
+        if self.sequence_shard is not None and context is x:
+            out = self.sequence_shard.self_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            out = attention(q, k, v, key_padding_mask=context_mask, attn_mask=attn_mask)
         if image_context is not None:
             k_img = self.norm_added_k(self.add_k_proj(image_context)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
             v_img = self.add_v_proj(image_context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -281,7 +285,15 @@ class WanDiT(nn.Module):
         self.proj_out = nn.Linear(dim, self.out_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.gradient_checkpointing = False  # recompute each block in backward: activations of one block
+        self.sequence_shard = None
         self._init_weights()
+
+    def shard_sequence(self, shard) -> None:
+        """Ulysses sequence parallelism (model_zoo/sequence_parallel.py): this rank runs its slice
+        of every sample's tokens; the tap and the prediction come back whole."""
+        self.sequence_shard = shard
+        for block in self.blocks:
+            block.attn1.sequence_shard = shard
 
     def _init_weights(self):
         # Wan's recipe: xavier linears, small embedders, zero output so training starts at v = 0
@@ -323,6 +335,12 @@ class WanDiT(nn.Module):
         if timestep.ndim == 1:
             timestep = timestep[:, None]  # one timestep broadcast over all tokens
         temb, timestep_proj, context = self.condition_embedder(timestep, text_emb)
+        shard = self.sequence_shard
+        if shard is not None:
+            x = shard.split(x)
+            rotary = tuple(shard.split(r, dim=0) for r in rotary)
+            if timestep_proj.shape[1] > 1:  # per-token timesteps
+                timestep_proj = shard.split(timestep_proj)
         image_context = None
         if image_emb is not None:
             if not hasattr(self.condition_embedder, "image_embedder"):
@@ -337,10 +355,12 @@ class WanDiT(nn.Module):
             else:
                 x = block(x, context, timestep_proj, rotary, text_mask, self_attn_mask, image_context)
             if index == tap_layer:
-                tapped = x
+                tapped = x if shard is None else shard.gather(x)
                 if stop_at_tap:
                     return None, tapped
 
+        if shard is not None:
+            x = shard.gather(x)
         shift, scale = (self.scale_shift_table.float() + temb[:, :, None]).unbind(dim=2)
         x = self.proj_out((self.norm_out(x) * (1 + scale) + shift).type_as(x))
         x = x.reshape(batch, *grid, p_t, p_h, p_w, self.out_channels)
