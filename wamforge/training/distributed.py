@@ -59,6 +59,15 @@ def max_across_ranks(value: float, device: torch.device) -> float:
     return t.item()
 
 
+def maxima_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Several maxima in one collective."""
+    if not torch.distributed.is_initialized() or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return dict(zip(values, t.tolist()))
+
+
 def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     if not torch.distributed.is_initialized() or not values:
         return values

@@ -27,7 +27,7 @@ from wamforge.model_zoo.lora import adapters_only, apply_lora, merge_lora
 from wamforge.model_zoo.sequence_parallel import SequenceShard, sequence_groups
 from wamforge.training import checkpoint
 from wamforge.training.distributed import (CollectiveTimeout, DistEnv, Heartbeat, barrier, init, is_timeout,
-                                           max_across_ranks, mean_across_ranks, read_env)
+                                           max_across_ranks, maxima_across_ranks, mean_across_ranks, read_env)
 from wamforge.training.ema import EMA
 from wamforge.training.engine import build_engine, resolve_precision
 from wamforge.training.faults import Faults
@@ -250,14 +250,16 @@ class StageRunner:
                 values = mean_across_ranks({**window.values(), "data_wait_pct": wait_pct, **realized}, self.device)
                 realized = {k.split("/", 1)[1]: round(values.pop(k), 4) for k in realized}
                 samples_per_s = samples_per_step / elapsed
+                maxima = maxima_across_ranks({"wait": wait_pct, "memory": peak_memory_mb(self.device),
+                                              "stop": float(self.stop.requested)}, self.device)
                 grad_norm = engine.get_global_grad_norm() if window.steps else None
                 row = {"step": step, **window.summary(values, self.dist.world_size, self.cfg.training.sequence_parallel,
                                                       elapsed),
                        "data_wait_pct": values["data_wait_pct"],
-                       "data_wait_pct_max": max_across_ranks(wait_pct, self.device),
+                       "data_wait_pct_max": maxima["wait"],
                        "lr": engine.get_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm),
                        "samples_per_s": samples_per_s,
-                       "peak_memory_mb": max_across_ranks(peak_memory_mb(self.device), self.device),
+                       "peak_memory_mb": maxima["memory"],
                        "mfu": None if peak_flops is None else
                        samples_per_s * train_flops_per_sample / (self.dist.world_size * peak_flops),
                        "mixture": weights, "realized": realized, "skipped_nonfinite": nonfinite,
@@ -266,7 +268,7 @@ class StageRunner:
                 for log in logs:
                     log.write(row)
                 progress.update(progress.task_ids[0], completed=step, loss=row["loss"])
-                stop = max_across_ranks(float(self.stop.requested), self.device) > 0
+                stop = maxima["stop"] > 0
                 if step % training.checkpoint_every == 0 or step == stage.steps or stop or \
                         nonfinite_run >= training.max_nonfinite_steps:
                     last_saved = self._checkpoint(engine, loader, step, weights)
@@ -361,10 +363,26 @@ class StepWindow:
 
 
 def _full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The whole model on rank 0; under ZeRO-3 a gather of the partitions, which every rank joins."""
-    if engine.zero_optimization_partition_weights():
-        return engine._zero3_consolidated_16bit_state_dict()
-    return engine.module.state_dict()
+    """The whole model in fp32 on every rank: the optimizer's fp32 master copy of each trained
+    weight (bf16 training keeps only bf16 in the module), the module's own for frozen ones; ZeRO-3
+    partitions are gathered. A collective: every rank calls it."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    zero3 = engine.zero_optimization_partition_weights()
+    params = dict(engine.module.named_parameters())
+    state = {}
+    for key, value in engine.module.state_dict().items():
+        param = params.get(key)
+        if param is None:  # a buffer
+            state[key] = value.detach().cpu()
+            continue
+        master = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if master is None:
+            with deepspeed.zero.GatheredParameters([param], enabled=zero3):
+                master = param.detach().float().clone()
+        state[key] = master.cpu()
+    return state
 
 
 def main_from_file(config_path: Path, resume: bool, overwrite: bool, only: list[str] | None = None) -> None:
