@@ -39,12 +39,12 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def zero_runs(built, tmp_path_factory):
-    """The same LoRA stage under ZeRO-1 (with a DeepSpeed JSON of the user's), ZeRO-2 and ZeRO-3;
-    the ZeRO-3 run is killed after its first checkpoint and resumed."""
+    """The same LoRA stage under ZeRO-1 (with a DeepSpeed JSON of the user's), ZeRO-2 (optimizer
+    states offloaded to the CPU) and ZeRO-3 (killed after its first checkpoint and resumed)."""
     runs = {}
     user_json = tmp_path_factory.mktemp("ds") / "deepspeed.json"
     user_json.write_text(json.dumps({"train_batch_size": 4, "zero_optimization": {"reduce_bucket_size": 200000}}))
-    for zero, extra in ((1, {"deepspeed_config": str(user_json)}), (2, {}), (3, {})):
+    for zero, extra in ((1, {"deepspeed_config": str(user_json)}), (2, {"offload_optimizer": True}), (3, {})):
         root = tmp_path_factory.mktemp(f"zero{zero}")
         path, cfg = one_stage_config(root, built[0], stage=LORA_STAGE, zero_stage=zero, ema_decay=0.5,
                                      checkpoint_every=2, **extra)
