@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import REPO
 from tests.runs import one_stage_config, wait_for, wamforge
 from wamforge.config.paths import RunPaths
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
@@ -42,8 +43,7 @@ def zero_runs(built, tmp_path_factory):
     """The same LoRA stage under ZeRO-1 (with a DeepSpeed JSON of the user's), ZeRO-2 (optimizer
     states offloaded to the CPU) and ZeRO-3 (killed after its first checkpoint and resumed)."""
     runs = {}
-    user_json = tmp_path_factory.mktemp("ds") / "deepspeed.json"
-    user_json.write_text(json.dumps({"train_batch_size": 4, "zero_optimization": {"reduce_bucket_size": 200000}}))
+    user_json = REPO / "configs" / "deepspeed" / "overlap_comm.json"
     for zero, extra in ((1, {"deepspeed_config": str(user_json)}), (2, {"offload_optimizer": True}), (3, {})):
         root = tmp_path_factory.mktemp(f"zero{zero}")
         path, cfg = one_stage_config(root, built[0], stage=LORA_STAGE, zero_stage=zero, ema_decay=0.5,
