@@ -5,6 +5,7 @@ no step lost."""
 from __future__ import annotations
 
 import signal
+import threading
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on purpose, to be resumed
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -19,6 +20,10 @@ class StopRequest:
         self.signal: str | None = None
 
     def install(self) -> "StopRequest":
+        # Python delivers signals to the main thread only: a trainer run in another thread (a Ray
+        # Train worker runs it in one) takes no stop requests by signal; its scheduler stops it instead
+        if threading.current_thread() is not threading.main_thread():
+            return self
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
         return self

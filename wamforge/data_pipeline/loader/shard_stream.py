@@ -93,11 +93,10 @@ class ShardStream:
         locations = self._buffer = [tuple(loc) for loc in self.state.buffer]
         samples = self._fetch(self.state.buffer)
         held = sum(map(_nbytes, samples))
-        for location, sample in self._cursor():
-            locations.append(location)
-            samples.append(sample)
-            held += _nbytes(sample)
-            while samples and held >= self.buffer_bytes:  # budget 0: no shuffling, pass order
+
+        def drain():  # serve while the buffer is over budget (budget 0: no shuffling, pass order)
+            nonlocal held
+            while samples and held >= self.buffer_bytes:
                 pick = int(self._rng.integers(len(samples))) if len(samples) > 1 else 0
                 for items in (locations, samples):
                     items[pick], items[-1] = items[-1], items[pick]
@@ -105,6 +104,13 @@ class ShardStream:
                 out = samples.pop()
                 held -= _nbytes(out)
                 yield out
+
+        yield from drain()  # a state saved mid-drain resumes mid-drain, before reading on
+        for location, sample in self._cursor():
+            locations.append(location)
+            samples.append(sample)
+            held += _nbytes(sample)
+            yield from drain()
 
     def _read(self, shard: int, start: int, stop: int | None, stride: int):
         path = self.shards[shard]
