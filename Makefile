@@ -5,7 +5,7 @@ CONFIG ?= configs/experiments/quickstart.yaml
 # MuJoCo renders headless through EGL (Mesa's software path on CPU machines, the driver on GPUs);
 # torchcodec loads the system's FFmpeg libraries (libavdevice pulls in the rest: 59 on Debian 12, 61 on 13).
 FFMPEG_LIBS := $(shell apt-cache show libavdevice61 >/dev/null 2>&1 && echo libavdevice61 || echo libavdevice59)
-SYSTEM_PACKAGES := libegl1 libgl1 libosmesa6 libglib2.0-0 $(FFMPEG_LIBS)
+SYSTEM_PACKAGES := libegl1 libgl1 libosmesa6 libglib2.0-0 $(FFMPEG_LIBS) slurmctld slurmd slurm-client munge
 export MUJOCO_GL ?= egl
 
 .PHONY: setup system-packages demo test clean

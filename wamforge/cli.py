@@ -1,4 +1,5 @@
-"""`wamforge` entry point: data build, train, export, eval, run (all of them in order), plan, curriculum."""
+"""`wamforge` entry point: data build, train, export, eval, run (all of them in order), plot, plan,
+curriculum, and submit / jobs for SLURM and Ray clusters."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,8 @@ console = Console()
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if not hasattr(args, "config"):  # jobs: about a job, not an experiment
+            return args.func(args) or 0
         config = Path(args.config)
         if config.is_dir():  # a run directory: the resolved config training saved there
             config = config / "config.yaml"
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         console.print(f"[red]config error:[/] {err}", soft_wrap=True)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as err:
         console.print(f"[red]error:[/] {err}", soft_wrap=True)
         return 1
 
@@ -164,6 +167,75 @@ def cmd_plan(cfg: ExperimentConfig, args) -> int:
     return 0
 
 
+def cmd_submit_slurm(cfg: ExperimentConfig, args) -> int:
+    from wamforge.launchers import slurm
+
+    jobs = slurm.submit(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                        partition=args.partition, account=args.account, time=args.time, qos=args.qos,
+                        dry_run=args.dry_run, build_data=True if args.build else None, stages=args.stage)
+    if args.dry_run:
+        for job in jobs:
+            console.print(f"[bold]# {job.script}[/]")
+            console.print(job.text, markup=False, highlight=False, soft_wrap=True)
+        return 0
+    for job in jobs:
+        after = f" after slurm:{job.after}" if job.after else ""
+        console.print(f"[green]submitted[/] slurm:{job.job_id} {job.name}{after} ({job.script})")
+    console.print(f"follow with: wamforge jobs status slurm:{jobs[-1].job_id}")
+    return 0
+
+
+def cmd_submit_ray(cfg: ExperimentConfig, args) -> int:
+    from wamforge.launchers import ray_jobs
+
+    config_path = save_resolved(cfg)
+    if args.build or not (RunPaths.of(cfg).data / "manifest.json").exists():
+        # Ray Jobs have no dependencies: the build finishes before the training job is submitted
+        build = ray_jobs.submit_build(config_path, args.address, ship_code=args.ship_code)
+        console.print(f"[green]submitted[/] ray:{build} (data build); waiting for it to finish")
+        job = ray_jobs.wait(build, args.address)
+        if job.state != "SUCCEEDED":
+            console.print(f"[red]data build {job.state.lower()}[/]: {job.message}; see wamforge jobs logs ray:{build}")
+            return 1
+    job_id = ray_jobs.submit_training(config_path, args.address, workers=args.workers, stages=args.stage,
+                                      max_failures=args.max_failures, ship_code=args.ship_code)
+    console.print(f"[green]submitted[/] ray:{job_id} (training); follow with: "
+                  f"wamforge jobs logs ray:{job_id} --address {args.address}")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    """status | logs | cancel of `slurm:ID` or `ray:ID`."""
+    backend, _, _ = args.job.partition(":")
+    if backend == "slurm":
+        from wamforge.launchers import slurm as launcher
+
+        call = (lambda f: f(args.job))
+    elif backend == "ray":
+        from wamforge.launchers import ray_jobs as launcher
+
+        if not args.address:
+            raise ValueError("a Ray job needs --address, the cluster's dashboard (e.g. http://HEAD:8265)")
+        call = (lambda f: f(args.job, args.address))
+    else:
+        raise ValueError(f"'{args.job}' names no backend; job ids read slurm:ID or ray:ID")
+    if args.action == "logs":
+        console.print(call(launcher.logs), markup=False, highlight=False, end="")
+    elif args.action == "cancel":
+        call(launcher.cancel)
+        console.print(f"[yellow]cancelled[/] {args.job}")
+    else:
+        job = call(launcher.status)
+        console.print(f"{args.job}: [bold]{job.state}[/]" + "".join(
+            f", {k} {v}" for k, v in _job_details(job).items() if v not in ("", None)))
+    return 0
+
+
+def _job_details(job) -> dict:
+    fields = ("name", "reason", "exit_code", "restarts", "stdout", "message")
+    return {f.replace("_", " "): getattr(job, f) for f in fields if hasattr(job, f)}
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _scaled(value: float, base: int, units: list[str]) -> str:
@@ -261,6 +333,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="video frames per sample (1 + 4k)")
     p.add_argument("--resolution", default=None, help="HEIGHTxWIDTH in pixels, e.g. 480x832")
     p.add_argument("--json", action="store_true")
+
+    submit = sub.add_parser("submit", help="submit to a cluster").add_subparsers(dest="backend", required=True)
+    p = command("slurm", cmd_submit_slurm, "sbatch jobs: a data build if needed, then one job per stage", submit)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="one rank per GPU (0: CPU ranks, training.world_size)")
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    for flag in ("--partition", "--account", "--time", "--qos"):
+        p.add_argument(flag, default=None)
+    p.add_argument("--stage", action="append", default=None, help="submit only this stage (repeatable)")
+    p.add_argument("--build", action="store_true", help="build the data first even if it exists")
+    p.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+    p = command("ray", cmd_submit_ray, "Ray Jobs: a data build if needed, then Ray Train", submit)
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--workers", type=int, default=None, help="ranks (default: training.world_size)")
+    p.add_argument("--max-failures", type=int, default=3, help="restarts from the latest checkpoint")
+    p.add_argument("--stage", action="append", default=None, help="train only this stage (repeatable)")
+    p.add_argument("--build", action="store_true", help="build the data first even if it exists")
+    p.add_argument("--ship-code", action="store_true", help="upload this checkout's wamforge package")
+
+    p = sub.add_parser("jobs", help="status, logs or cancel of a submitted job")
+    p.add_argument("action", choices=["status", "logs", "cancel"])
+    p.add_argument("job", help="slurm:ID or ray:ID, as submit printed it")
+    p.add_argument("--address", default=None, help="Ray jobs: the cluster's dashboard")
+    p.set_defaults(func=cmd_jobs)
 
     p = command("run", cmd_run, "build, train, export and evaluate in one go")
     p.add_argument("--ray-address", default=None)

@@ -85,7 +85,7 @@ def build_caches(cfg, out: Path, manifest: dict, ray_address: str | None = None)
     caches = {}
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=ray_address, num_cpus=None if ray_address else cfg.data.build_workers,
+        ray.init(address=ray_address or "local", num_cpus=None if ray_address else cfg.data.build_workers,
                  include_dashboard=False, logging_level="warning", configure_logging=True)
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0

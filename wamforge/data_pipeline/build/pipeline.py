@@ -100,7 +100,8 @@ def _run_on_ray(jobs: list[dict], workers: int, address: str | None, console: Co
     os.environ.setdefault("MUJOCO_GL", "egl")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+        # "local": a cluster of our own, never one some `ray start` on this machine left behind
+        ray.init(address=address or "local", num_cpus=None if address else workers, include_dashboard=False,
                  logging_level="warning", configure_logging=True)
     summaries = []
     try:

@@ -10,6 +10,7 @@ continues with the very next sample of every lane.
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from itertools import count
 from pathlib import Path
@@ -58,6 +59,7 @@ class MixtureLoader:
                             prefetch_factor=self.prefetch if self.workers else None,
                             timeout=self.stall_timeout_s if self.workers else 0,  # the stall watchdog
                             generator=torch.Generator().manual_seed(self.seed),
+                            worker_init_fn=_outlive_stop_signals,
                             collate_fn=_as_is)  # batches are collated already; skip default_convert's walk
         batches, start = iter(loader), self.step
         while True:
@@ -167,3 +169,11 @@ def _as_is(item):
 
 def _stable_hash(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 100_003
+
+
+def _outlive_stop_signals(worker_id: int) -> None:
+    """A scheduler's stop signal (scancel, requeue, preemption) reaches every process of the job,
+    loader workers included, and torch makes a worker die of a SIGTERM its parent did not send; the
+    trainer checkpoints at the next step and then stops its workers itself, so they ignore it."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
