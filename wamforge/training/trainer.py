@@ -118,7 +118,6 @@ class StageRunner:
             apply_lora(model, self.stage.lora)
         if self.shard is not None:
             model.trunk.shard_sequence(self.shard)
-        self.video_tokens_fn, self.horizon = model.video_tokens, model.horizon
         engine = build_engine(model, self.stage, self.cfg.training, self.dist.world_size)
         loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.data_rank,
                                self.data_world, self.cfg.training.micro_batch_per_rank,
@@ -230,7 +229,7 @@ class StageRunner:
                     engine.step()
                     if self.ema is not None and (micro + 1) % accum == 0:  # the optimizer stepped
                         self.ema.update()
-                    window.add(out, batch, self.video_tokens_fn(batch), self.horizon)
+                    window.add(out, batch, engine.module.video_tokens(batch), engine.module.horizon)
                     nonfinite_run = 0
                 else:  # skipped on every rank alike: no update, and the LR schedule does not advance
                     nonfinite, nonfinite_run = nonfinite + 1, nonfinite_run + 1
