@@ -182,7 +182,9 @@ class StageRunner:
 
     def fingerprint(self) -> str:
         """What a stage's final weights depend on: the model, this stage, the embodiments (row order)."""
-        spec = {"model": self.cfg.model.model_dump(mode="json"), "stage": self.stage.model_dump(mode="json"),
+        # defaults left out: a setting added to the schema later does not make finished stages stale
+        spec = {"model": self.cfg.model.model_dump(mode="json", exclude_defaults=True),
+                "stage": self.stage.model_dump(mode="json", exclude_defaults=True),
                 "embodiments": self.registry.to_dict(), "clip": [self.cfg.data.clip_frames, self.cfg.data.context_frames]}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
