@@ -111,6 +111,14 @@ def killed(built, tmp_path_factory):
     return path, cfg, root / "copy"
 
 
+def assert_same_samples(paths: RunPaths, reference: RunPaths, stage: str) -> None:
+    """Every rank drew the reference run's samples, step by step."""
+    for rank in range(2):
+        resumed = read_jsonl(paths.stage(stage) / f"samples.rank{rank}.jsonl")
+        expected = read_jsonl(reference.stage(stage) / f"samples.rank{rank}.jsonl")
+        assert [r["keys"] for r in resumed] == [r["keys"] for r in expected]
+
+
 def test_kill_and_resume_matches_an_uninterrupted_run(trained, killed):
     _, reference = trained
     path, cfg, _ = killed
@@ -120,10 +128,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(trained, killed):
 
     ref = RunPaths.of(reference)
     for stage in cfg.stages:
-        for rank in range(2):
-            resumed = read_jsonl(paths.stage(stage.name) / f"samples.rank{rank}.jsonl")
-            expected = read_jsonl(ref.stage(stage.name) / f"samples.rank{rank}.jsonl")
-            assert [r["keys"] for r in resumed] == [r["keys"] for r in expected]
+        assert_same_samples(paths, ref, stage.name)
         # exact resume: bitwise the same loss at every step, the resumed ones included
         resumed = read_jsonl(paths.stage(stage.name) / "metrics.jsonl")
         expected = read_jsonl(ref.stage(stage.name) / "metrics.jsonl")
@@ -250,12 +255,8 @@ def test_a_stop_signal_checkpoints_every_rank_and_resume_loses_no_step(trained, 
     assert 3 <= stopped_at < 8 and f"stopped at step {stopped_at} on SIGUSR1" in " ".join(err.split())
     assert not paths.final_weights("align_embodiment").exists()
     assert wamforge("train", path, "--resume").wait(timeout=600) == 0
-    ref = RunPaths.of(reference)
     for stage in cfg.stages:
-        for rank in range(2):
-            resumed = read_jsonl(paths.stage(stage.name) / f"samples.rank{rank}.jsonl")
-            expected = read_jsonl(ref.stage(stage.name) / f"samples.rank{rank}.jsonl")
-            assert [r["keys"] for r in resumed] == [r["keys"] for r in expected]
+        assert_same_samples(paths, RunPaths.of(reference), stage.name)
 
 
 def test_checkpoint_retention_keeps_the_newest_and_every_mth(tmp_path):
