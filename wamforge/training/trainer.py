@@ -317,36 +317,34 @@ class StageRunner:
 
 class StepWindow:
     """What the micro-batches of one optimizer step add up to on this rank: losses overall and per
-    source, and tokens. `values` holds rank-local means (made global by one all-reduce), and
-    `summary` turns the global means into the metrics row."""
+    source, and tokens. Sums stay on the device (no host sync per micro-batch); `values` reads them
+    once per step as rank-local means (made global by one all-reduce), and `summary` turns the
+    global means into the metrics row."""
+
+    LOSSES = ("loss", "video_loss", "action_loss")
+    PER_SOURCE = ("n", "video", "action_sq", "action_n")
 
     def __init__(self, sources: list[str]):
         self.sources, self.steps = sources, 0
-        self.sums: dict[str, float] = {}
-
-    def _add(self, key: str, value: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + value
+        self.sums: torch.Tensor | None = None  # [losses, video and action tokens, PER_SOURCE x sources]
 
     def add(self, out: dict, batch, video_tokens: int, horizon: int) -> None:
         self.steps += 1
-        for key in ("loss", "video_loss", "action_loss"):
-            self._add(key, float(out[key].detach()))
         per_sample = out["per_sample"]
-        for index, name in enumerate(self.sources):
-            mine = batch.source_id == index
-            if mine.any():
-                self._add(f"n/{name}", float(mine.sum()))
-                self._add(f"video/{name}", float(per_sample["video_loss"][mine].sum()))
-                self._add(f"action_sq/{name}", float(per_sample["action_sq"][mine].sum()))
-                self._add(f"action_n/{name}", float(per_sample["action_count"][mine].sum()))
-        self._add("video_tokens", len(batch.source_id) * video_tokens)
-        self._add("action_tokens", float((per_sample["action_count"] > 0).sum()) * horizon)  # chunks the expert denoised
+        video = per_sample["video_loss"]
+        rows = torch.stack([torch.ones_like(video), video, per_sample["action_sq"], per_sample["action_count"]])
+        by_source = torch.zeros(len(self.PER_SOURCE), len(self.sources), device=video.device)
+        by_source.index_add_(1, batch.source_id.to(video.device), rows.float())
+        tokens = torch.stack([video.new_tensor(float(len(video) * video_tokens)),
+                              (per_sample["action_count"] > 0).sum() * float(horizon)])  # chunks the expert denoised
+        sums = torch.cat([torch.stack([out[k].detach().float() for k in self.LOSSES]), tokens, by_source.flatten()])
+        self.sums = sums if self.sums is None else self.sums + sums
 
     def values(self) -> dict[str, float]:
-        keys = ["loss", "video_loss", "action_loss", "video_tokens", "action_tokens"]
-        keys += [f"{kind}/{n}" for n in self.sources for kind in ("n", "video", "action_sq", "action_n")]
-        out = {k: self.sums.get(k, 0.0) for k in keys}
-        for key in ("loss", "video_loss", "action_loss"):  # a per-micro-batch mean; NaN if every one was skipped
+        keys = [*self.LOSSES, "video_tokens", "action_tokens"]
+        keys += [f"{kind}/{n}" for kind in self.PER_SOURCE for n in self.sources]
+        out = dict(zip(keys, self.sums.tolist() if self.sums is not None else [0.0] * len(keys)))
+        for key in self.LOSSES:  # a per-micro-batch mean; NaN if every one was skipped
             out[key] = out[key] / self.steps if self.steps else float("nan")
         return out
 
