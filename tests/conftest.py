@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import faulthandler
 import os
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import yaml
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_unconfigure(config):
+    """Something a test left running (a loader worker, a thread) must fail the run with its stack
+    a while after the summary, never keep the process from exiting."""
+    faulthandler.dump_traceback_later(120, exit=True)
+
 
 TINY = {
     "name": "tiny",

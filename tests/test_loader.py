@@ -1,8 +1,14 @@
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import webdataset as wds
@@ -238,24 +244,64 @@ def test_nested_group_members_are_checked_against_sources(tmp_path):
     assert validate(raw).stages[0].mixture.weights == {"web": 1.0, "sim": 1.0}
 
 
-def test_a_stalled_worker_is_named(built, tmp_path):
-    import os
-    import shutil
-
-    cfg, _ = built
-    data = RunPaths.of(cfg).data
-    shutil.copy(data / "stats.json", tmp_path / "stats.json")
-    (tmp_path / "shards").mkdir()
-    os.mkfifo(tmp_path / "shards" / "stuck.tar")  # a read that never returns, like a hung network mount
-    manifest = {"sources": {"sim": {"shards": ["shards/stuck.tar"], "samples": 10}}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
+def stalled_loader(data: Path, embodiments: str) -> MixtureLoader:
+    """A one-worker loader whose only shard is a FIFO nobody writes: a read that never returns,
+    like a hung network mount."""
+    (data / "shards").mkdir()
+    os.mkfifo(data / "shards" / "stuck.tar")
+    (data / "manifest.json").write_text(json.dumps({"sources": {"sim": {"shards": ["shards/stuck.tar"],
+                                                                        "samples": 10}}}))
+    registry = EmbodimentRegistry.from_yaml(embodiments)
     collator = Collator(Normalizer({}, registry), registry, {"sim": 0}, horizon=4, max_action_dim=8,
                         max_proprio_dim=8)
-    loader = MixtureLoader(tmp_path, stage({"sim": 1.0}), collator, rank=0, world=1, batch_size=2, seed=0,
-                           workers=1, stall_timeout_s=2)
+    return MixtureLoader(data, stage({"sim": 1.0}), collator, rank=0, world=1, batch_size=2, seed=0,
+                         workers=1, stall_timeout_s=2)
+
+
+def test_a_stalled_worker_is_named(built, tmp_path):
+    cfg, _ = built
     with pytest.raises(RuntimeError, match="loader worker 0 of rank 0 produced no batch for step 0 in 2 s"):
-        next(iter(loader))
+        next(iter(stalled_loader(tmp_path, cfg.embodiments)))
+
+
+STALLED_PROCESS = """
+import sys
+from pathlib import Path
+from tests.test_loader import stalled_loader
+
+batches = iter(stalled_loader(Path(sys.argv[1]), sys.argv[2]))
+try:
+    next(batches)
+except RuntimeError:
+    print("stalled", flush=True)
+sys.stdin.readline()  # exits with the stalled worker still referenced
+"""
+
+
+def test_a_worker_ignores_a_schedulers_sigterm_and_never_outlives_its_trainer(built, tmp_path):
+    """Workers ignore the SIGTERM a scheduler sends every process of a job, but not their trainer's:
+    a stalled worker still referenced at exit is stopped by it, so the process exits."""
+    cfg, _ = built
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_PROCESS, str(tmp_path), str(cfg.embodiments)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    worker = None
+    try:
+        assert proc.stdout.readline() == "stalled\n"
+        [worker] = psutil.Process(proc.pid).children()
+        os.kill(worker.pid, signal.SIGTERM)  # from this process, as a scheduler's would be
+        with pytest.raises(psutil.TimeoutExpired):
+            worker.wait(timeout=1)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        try:
+            assert proc.wait(timeout=60) == 0  # a hang guard: before the fix, exit waited forever
+        except subprocess.TimeoutExpired:
+            pytest.fail("the process did not exit: its stalled loader worker outlived it")
+        assert not worker.is_running()
+    finally:
+        proc.kill()
+        if worker and worker.is_running():
+            worker.kill()
 
 
 def test_realized_proportions_follow_a_curriculum(built):

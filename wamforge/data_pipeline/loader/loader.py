@@ -10,8 +10,11 @@ continues with the very next sample of every lane.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import threading
 from collections import Counter
+from functools import partial
 from itertools import count
 from pathlib import Path
 
@@ -59,7 +62,7 @@ class MixtureLoader:
                             prefetch_factor=self.prefetch if self.workers else None,
                             timeout=self.stall_timeout_s if self.workers else 0,  # the stall watchdog
                             generator=torch.Generator().manual_seed(self.seed),
-                            worker_init_fn=_outlive_stop_signals,
+                            worker_init_fn=partial(_outlive_stop_signals, os.getpid()),
                             collate_fn=_as_is)  # batches are collated already; skip default_convert's walk
         batches, start = iter(loader), self.step
         while True:
@@ -171,9 +174,20 @@ def _stable_hash(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 100_003
 
 
-def _outlive_stop_signals(worker_id: int) -> None:
+def _outlive_stop_signals(trainer_pid: int, worker_id: int) -> None:
     """A scheduler's stop signal (scancel, requeue, preemption) reaches every process of the job,
-    loader workers included, and torch makes a worker die of a SIGTERM its parent did not send; the
-    trainer checkpoints at the next step and then stops its workers itself, so they ignore it."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+    loader workers included, and the death of a worker fails its trainer. The trainer checkpoints at
+    the next step and then stops its workers itself, so a worker ignores SIGUSR1 and every SIGTERM
+    but its trainer's: that one (a stalled worker's shutdown, Python's at exit) still ends it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # no way to tell the sender (macOS): keep torch's handling
+        return
+    # blocked in every thread, SIGTERM waits for the one thread that asks who sent it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), name="sigterm", daemon=True).start()
+
+
+def _exit_on_sigterm_from(trainer_pid: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer_pid:
+        pass
+    os._exit(0)  # success, as torch's own handler exits, so the trainer reports no dead worker
