@@ -16,13 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config
 from tests.runs import one_stage_config, wait_for, wamforge
+from wamforge.config import validate
 from wamforge.config.paths import RunPaths
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.wam import WorldActionModel
 from wamforge.training.engine import lr_lambda
 from wamforge.training.metrics import read_jsonl
+from wamforge.training.stages import load_initial_weights
 
 LORA_STAGE = {
     "steps": 4, "trainable": ["trunk.proj_out.*", "text_encoder.*"],
@@ -81,8 +83,9 @@ def test_zero_stages_1_2_3_train_the_same_weights_and_ema(zero_runs):
         assert any(not torch.allclose(ema[k], weights[k]) for k in weights if "proj_out" in k)
 
 
-def test_lora_trains_adapters_only_and_is_merged_into_the_final_weights(zero_runs):
-    cfg = zero_runs[2]
+@pytest.mark.parametrize("zero", [2, 3])  # ZeRO-3 builds the model partitioned: frozen weights must match it too
+def test_lora_trains_adapters_only_and_is_merged_into_the_final_weights(zero_runs, zero):
+    cfg = zero_runs[zero]
     start, weights = initial_weights(cfg), final(cfg)
     adapters = final(cfg, "lora.safetensors")
     assert not any("lora_" in k for k in weights)  # merged: the plain model's keys
@@ -133,9 +136,6 @@ def test_a_contradicting_deepspeed_json_stops_before_launch(built, tmp_path):
 
 
 def test_init_keys_map_a_checkpoint_and_report_what_loaded(built, tmp_path):
-    from wamforge.config import validate
-    from wamforge.training.stages import load_initial_weights
-
     cfg = validate({**json.loads(json.dumps(built[0].model_dump(mode="json"))), "run_dir": str(tmp_path)})
     state = initial_weights(cfg)
     saved = {f"model.{k}": v + 1 for k, v in state.items() if not k.startswith("action_expert.")}
@@ -196,6 +196,55 @@ def test_ulysses_sequence_parallel_trunk_matches_one_rank():
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_sequence_parallel_rank, args=(free_port(), out), nprocs=2, join=True)
+        assert dict(out) == {0: True, 1: True}
+
+
+def _partitioned_build_rank(rank: int, port: int, root: str, out: dict) -> None:
+    import deepspeed
+
+    from wamforge.model_zoo.partitions import whole
+    from wamforge.training.engine import partitioned_init
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", LOCAL_RANK=str(rank))
+    deepspeed.init_distributed("gloo", auto_mpi_discovery=False, verbose=False, rank=rank, world_size=2)
+    raw = tiny_config(Path(root))
+    raw["training"]["zero_stage"] = 3
+    raw["stages"][1]["init_from"] = str(Path(root) / "shifted.safetensors")
+    cfg = validate(raw)
+    embodiments = len(EmbodimentRegistry.from_yaml(cfg.embodiments))
+    torch.manual_seed(cfg.seed)
+    plain = WorldActionModel.for_experiment(cfg, embodiments).state_dict()
+    torch.manual_seed(cfg.seed)
+    model = WorldActionModel.for_experiment(cfg, embodiments, partitioned=partitioned_init(cfg.training, 2))
+    params = dict(model.named_parameters())
+
+    def assert_holds(expected: dict[str, torch.Tensor]) -> None:
+        for name, param in params.items():
+            if name.startswith(("trunk.", "action_expert.")):  # this rank's share only, until gathered
+                assert param.numel() == 0 and 0 < param.ds_tensor.numel() <= -(-param.ds_numel // 2), name
+            with whole([param]):
+                assert torch.equal(param.data, expected[name]), name
+
+    assert_holds(plain)  # the same initial weights as a model built whole
+    if rank == 0:
+        save_file({k: v + 1 for k, v in plain.items()}, raw["stages"][1]["init_from"])
+    torch.distributed.barrier()
+    report = load_initial_weights(model, cfg.stages[1], cfg, RunPaths.of(cfg))
+    assert not report.new and not report.dropped
+    assert_holds({k: v + 1 for k, v in plain.items()})  # init_from loads into the partitions
+    out[rank] = True
+
+
+def test_zero3_builds_the_trunk_partitioned_with_the_same_weights(tmp_path):
+    """Under ZeRO-3 each rank allocates only its share of the trunk and the action expert as they
+    are built; gathered, the weights are those of a model built whole, and init_from loads into them."""
+    import torch.multiprocessing as mp
+
+    from wamforge.launchers.local import free_port
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_partitioned_build_rank, args=(free_port(), str(tmp_path), out), nprocs=2, join=True)
         assert dict(out) == {0: True, 1: True}
 
 

@@ -8,6 +8,8 @@ frames are noised and scored.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +40,10 @@ def frozen_text_encoder(cfg: TextConfig) -> nn.Module:
 
 class WorldActionModel(nn.Module):
     def __init__(self, cfg: ModelConfig, num_embodiments: int, clip_frames: int,
-                 resolution: tuple[int, int], views: int = 1, context_frames: int = 0):
+                 resolution: tuple[int, int], views: int = 1, context_frames: int = 0,
+                 partitioned: AbstractContextManager = nullcontext()):
+        """`partitioned`: the context the trunk and the action expert, the parts that grow to
+        billions of weights, are built in (ZeRO-3's `zero.Init`: each rank allocates its share only)."""
         super().__init__()
         trunk = cfg.trunk
         if trunk.patch[0] != 1:
@@ -60,22 +65,21 @@ class WorldActionModel(nn.Module):
             self.__dict__["frozen_text_encoder"] = frozen_text_encoder(cfg.text)
         else:
             self.text_encoder = ByteTextEncoder(cfg.text.dim, cfg.text.max_tokens)
-        self.trunk = WanDiT(self.vae.latent_channels, trunk.dim, trunk.layers, trunk.heads, trunk.ffn_dim,
-                            text_dim=cfg.text.dim, patch=trunk.patch, qk_norm=trunk.qk_norm)
+        with partitioned:
+            self.trunk = WanDiT(self.vae.latent_channels, trunk.dim, trunk.layers, trunk.heads, trunk.ffn_dim,
+                                text_dim=cfg.text.dim, patch=trunk.patch, qk_norm=trunk.qk_norm)
+            self.action_expert = ActionExpert(cfg.action_expert, context_dim=trunk.dim)
         self.trunk.gradient_checkpointing = trunk.activation_checkpointing
-        self.action_expert = ActionExpert(cfg.action_expert, context_dim=trunk.dim)
         self.embodiments = EmbodimentBank(num_embodiments, cfg.max_action_dim, cfg.max_proprio_dim,
                                           cfg.action_expert.dim)
 
     @classmethod
-    def for_experiment(cls, cfg, num_embodiments: int) -> "WorldActionModel":
+    def for_experiment(cls, cfg, num_embodiments: int,
+                       partitioned: AbstractContextManager = nullcontext()) -> "WorldActionModel":
         """The model an experiment config (its model and data sections) describes."""
         return cls(cfg.model, num_embodiments, clip_frames=cfg.data.clip_frames,
-                   resolution=tuple(cfg.data.resolution), context_frames=cfg.data.context_frames)
-
-    def param_count(self) -> dict[str, int]:
-        counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
-        return {**counts, "total": sum(counts.values())}
+                   resolution=tuple(cfg.data.resolution), context_frames=cfg.data.context_frames,
+                   partitioned=partitioned)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """[B, T, V, 3, H, W], uint8 pixels or float in [-1, 1] -> latents [B, C, F, h, w]."""

@@ -6,6 +6,7 @@ import copy
 import fnmatch
 import json
 import math
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -147,6 +148,17 @@ def lr_lambda(stage: StageConfig):
         progress = (step - stage.warmup_steps) / max(1, stage.steps - stage.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return factor
+
+
+def partitioned_init(training: TrainingConfig, world_size: int) -> AbstractContextManager:
+    """The context to build the large modules in. Under ZeRO-3 it is `zero.Init`: each rank keeps
+    only its partition of every weight from the moment the weight is made, so a trunk larger than
+    one rank's memory can be built at all."""
+    if training.zero_stage != 3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config(training, world_size))
 
 
 def build_engine(model: torch.nn.Module, stage: StageConfig, training: TrainingConfig, world_size: int):

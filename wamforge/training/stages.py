@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from wamforge.config.paths import RunPaths
 from wamforge.config.schema import ExperimentConfig, StageConfig
+from wamforge.model_zoo.partitions import full_shape, whole
 
 
 def init_path(stage: StageConfig, cfg: ExperimentConfig, paths: RunPaths) -> Path | None:
@@ -66,25 +67,30 @@ def load_initial_weights(model: torch.nn.Module, stage: StageConfig, cfg: Experi
     if not path.exists():
         raise FileNotFoundError(f"stage '{stage.name}' starts from {path}, which does not exist; "
                                 f"train the previous stage first or fix init_from")
-    loaded = load_file(str(path))
-    names = rename_keys(loaded, stage.init_keys)
-    state = {names[k]: v for k, v in loaded.items()}
-    own = model.state_dict()
-    report = InitReport(source=path, new=sorted(set(own) - set(state)), dropped=sorted(set(state) - set(own)),
-                        renamed={k: v for k, v in names.items() if k != v})
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if mismatched:
-        k = mismatched[0]
-        raise ValueError(f"weights in {path} do not fit stage '{stage.name}': {len(mismatched)} tensors have "
-                         f"another shape, e.g. {k} is {tuple(state[k].shape)} there and {tuple(own[k].shape)} here")
-    if stage.init_strict and (report.new or report.dropped):
-        raise ValueError(f"weights in {path} do not fit stage '{stage.name}': model tensors missing from them "
-                         f"{_preview(report.new)}, tensors the model lacks {_preview(report.dropped)}; map names "
-                         f"with init_keys, or set init_strict: false to start the missing ones fresh")
-    report.loaded = sorted(set(own) & set(state))
-    if not report.loaded:
-        raise ValueError(f"no tensor in {path} matches a model tensor of stage '{stage.name}'; check init_keys")
-    model.load_state_dict({k: state[k].to(own[k].dtype) for k in report.loaded}, strict=False)
+    with safe_open(str(path), "pt") as file:  # read one tensor at a time: a 14B checkpoint is 56 GB
+        names = rename_keys(file.keys(), stage.init_keys)
+        shapes = {names[k]: tuple(file.get_slice(k).get_shape()) for k in file.keys()}
+        targets = model.state_dict(keep_vars=True)  # the parameters themselves, partitioned or not
+        report = InitReport(source=path, new=sorted(set(targets) - set(shapes)),
+                            dropped=sorted(set(shapes) - set(targets)),
+                            renamed={k: v for k, v in names.items() if k != v})
+        mismatched = sorted(k for k in set(targets) & set(shapes) if full_shape(targets[k]) != shapes[k])
+        if mismatched:
+            k = mismatched[0]
+            raise ValueError(f"weights in {path} do not fit stage '{stage.name}': {len(mismatched)} tensors have "
+                             f"another shape, e.g. {k} is {shapes[k]} there and {full_shape(targets[k])} here")
+        if stage.init_strict and (report.new or report.dropped):
+            raise ValueError(f"weights in {path} do not fit stage '{stage.name}': model tensors missing from "
+                             f"them {_preview(report.new)}, tensors the model lacks {_preview(report.dropped)}; "
+                             f"map names with init_keys, or set init_strict: false to start the missing ones fresh")
+        report.loaded = sorted(set(targets) & set(shapes))
+        if not report.loaded:
+            raise ValueError(f"no tensor in {path} matches a model tensor of stage '{stage.name}'; check init_keys")
+        key_of = {model_key: key for key, model_key in names.items()}
+        with torch.no_grad():
+            for k in report.loaded:
+                with whole([targets[k]]):
+                    targets[k].copy_(file.get_tensor(key_of[k]))
     return report
 
 

@@ -29,7 +29,7 @@ from wamforge.training import checkpoint
 from wamforge.training.distributed import (CollectiveTimeout, DistEnv, Heartbeat, barrier, init, is_timeout,
                                            max_across_ranks, maxima_across_ranks, mean_across_ranks, read_env)
 from wamforge.training.ema import EMA
-from wamforge.training.engine import build_engine, resolve_precision
+from wamforge.training.engine import build_engine, partitioned_init, resolve_precision
 from wamforge.training.faults import Faults
 from wamforge.training.metrics import (JsonlLog, TensorBoardLog, device_peak_flops, peak_memory_mb,
                                        stage_summary)
@@ -112,7 +112,8 @@ class StageRunner:
                                  f"or --overwrite to start the stage again")
 
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        model = WorldActionModel.for_experiment(self.cfg, len(self.registry))
+        model = WorldActionModel.for_experiment(self.cfg, len(self.registry), partitioned=partitioned_init(
+            self.cfg.training, self.dist.world_size))
         report = load_initial_weights(model, self.stage, self.cfg, self.paths)
         if self.stage.lora:
             apply_lora(model, self.stage.lora)

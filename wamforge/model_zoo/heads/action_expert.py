@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from wamforge.config.schema import ActionExpertConfig
+from wamforge.model_zoo.partitions import whole
 from wamforge.model_zoo.trunks.wan_dit import (FREQ_DIM, FP32LayerNorm, FP32Linear, TimestepEmbedding,
                                                WanTransformerBlock)
 
@@ -31,10 +32,12 @@ class ActionExpert(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         for module in self.modules():  # the trunk's recipe
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                with whole(module.parameters(recurse=False)):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
         for module in (self.time_embedder.linear_1, self.time_embedder.linear_2, self.time_proj):
-            nn.init.normal_(module.weight, std=0.02)
+            with whole([module.weight]):
+                nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, action_tokens: torch.Tensor, proprio_token: torch.Tensor, timestep: torch.Tensor,
                 features: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from wamforge.model_zoo.attention import attention
+from wamforge.model_zoo.partitions import whole
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features
 
@@ -299,13 +300,17 @@ class WanDiT(nn.Module):
         # Wan's recipe: xavier linears, small embedders, zero output so training starts at v = 0
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch_embedding.weight.view(self.patch_embedding.out_channels, -1))
+                with whole(module.parameters(recurse=False)):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
+        with whole([self.patch_embedding.weight]):
+            nn.init.xavier_uniform_(self.patch_embedding.weight.view(self.patch_embedding.out_channels, -1))
         for name, module in self.condition_embedder.named_modules():
             if isinstance(module, nn.Linear) and not name.startswith("image_embedder"):  # Wan: xavier there
-                nn.init.normal_(module.weight, std=0.02)
-        nn.init.zeros_(self.proj_out.weight)
+                with whole([module.weight]):
+                    nn.init.normal_(module.weight, std=0.02)
+        with whole([self.proj_out.weight]):
+            nn.init.zeros_(self.proj_out.weight)
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
                 text_mask: torch.Tensor | None = None, tap_layer: int | None = None,
