@@ -189,6 +189,24 @@ def test_export_load_policy_act_in_raw_units(trained, tmp_path):
     np.testing.assert_allclose(shifted[:, 1:], chunk[:, 1:], atol=1e-5)
 
 
+def test_a_bf16_export_is_half_the_size_and_acts_like_the_fp32_one(trained, tmp_path):
+    from wamforge import load_policy
+    from wamforge.training.export import export
+
+    _, cfg = trained
+    full, half = export(cfg, out=tmp_path / "fp32"), export(cfg, out=tmp_path / "bf16", dtype="bf16")
+    weights = load_file(str(half / "model.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.bfloat16}
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert json.loads((half / "config.json").read_text())["dtype"] == "bf16"
+    obs = {"image": np.full((64, 48, 3), 120, np.uint8), "proprio": np.array([0.0, 0.6, 0.2, 1.0], np.float32)}
+    np.testing.assert_allclose(load_policy(half).act(obs, "reach the goal"),
+                               load_policy(full).act(obs, "reach the goal"), atol=0.05)
+    with pytest.raises(ValueError, match="export dtype must be one of"):
+        export(cfg, out=tmp_path / "fp8", dtype="fp8")
+
+
 def test_eval_runs_an_episode_with_bounds(trained, tmp_path):
     from wamforge import load_policy
     from wamforge.training.evaluate import evaluate

@@ -5,15 +5,25 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from wamforge.config.paths import RunPaths
 from wamforge.config.schema import ExperimentConfig
 from wamforge.data_pipeline.loader.collate import stats_hash
 from wamforge.model_zoo.embodiments import EmbodimentRegistry
 from wamforge.training.metrics import stage_summary
 
+EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = None, ema: bool = False) -> Path:
-    """`ema`: export the stage's exponential moving average instead of its last weights."""
+
+def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = None, ema: bool = False,
+           dtype: str = "fp32") -> Path:
+    """`ema`: export the stage's exponential moving average instead of its last weights; `dtype`:
+    fp32 as trained, or bf16 (half the size; a policy loading it computes in its own precision)."""
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"export dtype must be one of {sorted(EXPORT_DTYPES)}, not {dtype!r}")
     paths = RunPaths.of(cfg)
     stage = stage or cfg.stages[-1].name
     weights = paths.final_weights(stage)
@@ -26,16 +36,30 @@ def export(cfg: ExperimentConfig, out: Path | None = None, stage: str | None = N
         raise FileNotFoundError(f"stage '{stage}' has no final weights at {weights}; train it first")
     out = Path(out or paths.export)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, out / "model.safetensors")
+    if dtype == "fp32":
+        shutil.copyfile(weights, out / "model.safetensors")
+    else:
+        _save_cast(weights, out / "model.safetensors", EXPORT_DTYPES[dtype])
     shutil.copyfile(paths.data / "stats.json", out / "stats.json")
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     (out / "embodiments.json").write_text(json.dumps(registry.to_dict(), indent=1))
     stats = json.loads((paths.data / "stats.json").read_text())
     (out / "config.json").write_text(json.dumps({"experiment": cfg.model_dump(mode="json"), "exported_stage": stage,
-                                                 "weights": "ema" if ema else "last",
+                                                 "weights": "ema" if ema else "last", "dtype": dtype,
                                                  "stats_hash": stats_hash(stats)}, indent=1))
     (out / "README.md").write_text(model_card(cfg, paths, stage))
     return out
+
+
+def _save_cast(source: Path, target: Path, dtype: torch.dtype) -> None:
+    """Floating tensors cast one at a time as they are read, so only the cast copy is ever whole."""
+    tensors = {}
+    with safe_open(str(source), "pt") as f:
+        metadata = f.metadata()
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            tensors[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    save_file(tensors, str(target), metadata=metadata)
 
 
 def model_card(cfg: ExperimentConfig, paths: RunPaths, stage: str) -> str:
