@@ -6,6 +6,10 @@ its real CLI (DeepSpeed ZeRO-2, loader workers, metrics, traces, checkpoint at t
 step time is read from metrics.jsonl: as measured, and without the time it waited for data, since
 the hand-written loop never waits. Warm-up steps are dropped from both; medians are compared.
 
+To tell what wamforge adds from what DeepSpeed costs, the same hand-written loop also runs on the
+DeepSpeed engine wamforge builds (in place of DDP): `ratio_to_deepspeed_loop` is wamforge's
+overhead over DeepSpeed itself.
+
     .venv/bin/python benchmarks/bench_trainer.py [--steps 60 --warmup 10]
 """
 from __future__ import annotations
@@ -53,15 +57,16 @@ def wamforge_step_times(raw: dict, path: Path, warmup: int) -> tuple[list[float]
     return times, compute
 
 
-def _plain_rank(rank: int, world: int, raw: dict, steps: int, port: int, out: dict) -> None:
+def _plain_rank(rank: int, world: int, raw: dict, steps: int, port: int, engine: str, out: dict) -> None:
     from wamforge.data_pipeline.loader import MixtureLoader
     from wamforge.data_pipeline.loader.collate import Collator, Normalizer
     from wamforge.model_zoo.embodiments import EmbodimentRegistry
     from wamforge.model_zoo.wam import WorldActionModel
 
     torch.set_num_threads(raw["training"].get("threads_per_rank", 1))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if world > 1:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
+    if world > 1 or engine == "deepspeed":
         dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = validate(raw)
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
@@ -75,28 +80,39 @@ def _plain_rank(rank: int, world: int, raw: dict, steps: int, port: int, out: di
     batches = [b for b, _ in zip((b for b, _ in loader), range(16))]  # in memory before timing
     torch.manual_seed(0)
     model = WorldActionModel.for_experiment(cfg, len(registry))
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.99))
+    if engine == "deepspeed":  # the engine wamforge builds: its ZeRO stage, optimizer and clipping
+        from wamforge.training.engine import build_engine
+
+        model = build_engine(model, stage, cfg.training, world)
+    else:
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.99))
     times = []
     for step in range(steps):
         start = time.perf_counter()
         loss = model(batches[step % len(batches)], stage.objective, stage.loss_weights)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if engine == "deepspeed":
+            model.backward(loss)
+            model.step()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     if rank == 0:
         out["times"] = times
-    if world > 1:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def plain_step_times(raw: dict, world: int, steps: int, warmup: int) -> list[float]:
+def plain_step_times(raw: dict, world: int, steps: int, warmup: int, engine: str = "ddp") -> list[float]:
+    from wamforge.launchers.local import free_port
+
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_plain_rank, args=(world, raw, steps, 29500 + world, out), nprocs=world, join=True)
+        mp.spawn(_plain_rank, args=(world, raw, steps, free_port(), engine, out), nprocs=world, join=True)
         return list(out["times"])[warmup:]
 
 
@@ -104,19 +120,28 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians over them are reported")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_trainer.json")
     args = p.parse_args()
-    res = {"steps": args.steps, "warmup": args.warmup, "cpus": os.cpu_count(), "ranks": {}}
+    res = {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "cpus": os.cpu_count(), "ranks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for world in (1, 2):
-            raw = bench_config(world, args.steps, Path(tmp) / "runs")
-            plain = statistics.median(plain_step_times(raw, world, args.steps, args.warmup))
-            times, compute = wamforge_step_times(raw, Path(tmp) / f"w{world}.yaml", args.warmup)
-            wam, wam_compute = statistics.median(times), statistics.median(compute)
-            res["ranks"][world] = {"plain_step_s": round(plain, 4), "wamforge_step_s": round(wam, 4),
-                                   "wamforge_compute_step_s": round(wam_compute, 4),
-                                   "ratio": round(plain / wam, 3), "ratio_without_data_wait": round(plain / wam_compute, 3)}
-            print(world, res["ranks"][world], file=sys.stderr)
+            rounds = {"plain": [], "deepspeed_loop": [], "wamforge": [], "wamforge_compute": []}
+            for repeat in range(args.repeats):  # interleaved, so a noisy minute hurts every column alike
+                raw = bench_config(world, args.steps, Path(tmp) / f"runs{repeat}")
+                rounds["plain"].append(statistics.median(plain_step_times(raw, world, args.steps, args.warmup)))
+                rounds["deepspeed_loop"].append(statistics.median(
+                    plain_step_times(raw, world, args.steps, args.warmup, "deepspeed")))
+                times, compute = wamforge_step_times(raw, Path(tmp) / f"w{world}.yaml", args.warmup)
+                rounds["wamforge"].append(statistics.median(times))
+                rounds["wamforge_compute"].append(statistics.median(compute))
+            step = {name: statistics.median(values) for name, values in rounds.items()}
+            res["ranks"][world] = {**{f"{name}_step_s": round(v, 4) for name, v in step.items()},
+                                   "ratio": round(step["plain"] / step["wamforge"], 3),
+                                   "ratio_without_data_wait": round(step["plain"] / step["wamforge_compute"], 3),
+                                   "ratio_to_deepspeed_loop": round(step["deepspeed_loop"] / step["wamforge"], 3),
+                                   "rounds": {name: [round(v, 4) for v in values] for name, values in rounds.items()}}
+            print(world, {k: v for k, v in res["ranks"][world].items() if k != "rounds"}, file=sys.stderr)
     print(json.dumps(res, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")

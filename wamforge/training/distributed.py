@@ -59,22 +59,18 @@ def max_across_ranks(value: float, device: torch.device) -> float:
     return t.item()
 
 
-def maxima_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Several maxima in one collective."""
-    if not torch.distributed.is_initialized() or not values:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return dict(zip(values, t.tolist()))
-
-
-def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not torch.distributed.is_initialized() or not values:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    t /= torch.distributed.get_world_size()
-    return dict(zip(values, t.tolist()))
+def means_and_maxima(means: dict[str, float], maxima: dict[str, float],
+                     device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """The mean over the ranks of each of `means` and the maximum of each of `maxima`, in one
+    collective: every rank gets every rank's values."""
+    if not torch.distributed.is_initialized():
+        return dict(means), dict(maxima)
+    t = torch.tensor([*means.values(), *maxima.values()], dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, t)
+    table = torch.stack(gathered)
+    n = len(means)
+    return dict(zip(means, table[:, :n].mean(0).tolist())), dict(zip(maxima, table[:, n:].amax(0).tolist()))
 
 
 class CollectiveTimeout(RuntimeError):

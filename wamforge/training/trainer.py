@@ -27,7 +27,7 @@ from wamforge.model_zoo.lora import adapters_only, apply_lora, merge_lora
 from wamforge.model_zoo.sequence_parallel import SequenceShard, sequence_groups
 from wamforge.training import checkpoint
 from wamforge.training.distributed import (CollectiveTimeout, DistEnv, Heartbeat, barrier, init, is_timeout,
-                                           max_across_ranks, maxima_across_ranks, mean_across_ranks, read_env)
+                                           max_across_ranks, means_and_maxima, read_env)
 from wamforge.training.ema import EMA
 from wamforge.training.engine import build_engine, partitioned_init, resolve_precision
 from wamforge.training.faults import Faults
@@ -249,11 +249,12 @@ class StageRunner:
                 wait_pct = 100 * waited / elapsed
                 # ranks consume equal batch counts, so the mean of their shares is the run's share
                 realized = {f"realized/{n}": share for n, share in loader.realized().items()}
-                values = mean_across_ranks({**window.values(), "data_wait_pct": wait_pct, **realized}, self.device)
+                values, maxima = means_and_maxima(
+                    {**window.values(), "data_wait_pct": wait_pct, **realized},
+                    {"wait": wait_pct, "memory": peak_memory_mb(self.device), "stop": float(self.stop.requested)},
+                    self.device)
                 realized = {k.split("/", 1)[1]: round(values.pop(k), 4) for k in realized}
                 samples_per_s = samples_per_step / elapsed
-                maxima = maxima_across_ranks({"wait": wait_pct, "memory": peak_memory_mb(self.device),
-                                              "stop": float(self.stop.requested)}, self.device)
                 grad_norm = engine.get_global_grad_norm() if window.steps else None
                 row = {"step": step, **window.summary(values, self.dist.world_size, self.cfg.training.sequence_parallel,
                                                       elapsed),
