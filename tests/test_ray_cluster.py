@@ -70,12 +70,12 @@ def test_a_data_build_runs_as_a_ray_job(cluster, ray_built):
     assert status(f"ray:{job.job_id}", cluster.dashboard).state == "SUCCEEDED"  # the CLI's form of the id
 
 
-def one_stage(root: Path, built_cfg) -> tuple[Path, object]:
+def one_stage(root: Path, built_cfg, **stage) -> tuple[Path, object]:
     """The tiny experiment's first stage, on shards built before (no rebuild)."""
     raw = tiny_config(root)
     raw["data"] = built_cfg.model_dump(mode="json")["data"]
     raw["data"]["out_dir"] = str(RunPaths.of(built_cfg).data)
-    raw["stages"] = [{**raw["stages"][0], "steps": STEPS}]
+    raw["stages"] = [{**raw["stages"][0], "steps": STEPS, **stage}]
     return write_config(raw, root / "one_stage.yaml"), validate(raw)
 
 
@@ -177,6 +177,18 @@ def test_cancel_stops_a_training_job_and_its_workers(cluster, ray_built, tmp_pat
     assert not any(_alive(pid) for pid in workers), "a Ray Train worker outlived its cancelled job"
     assert not RunPaths.of(cfg).final_weights(cfg.stages[0].name).exists()
     assert not cancel(job_id, cluster.dashboard)  # nothing left to stop
+
+
+def test_an_error_a_restart_would_meet_again_fails_the_job_without_a_retry(cluster, ray_built, tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    path, cfg = one_stage(tmp_path, ray_built[1], init_from=str(missing))
+    job_id = submit_training(path, cluster.dashboard, workers=2, max_failures=2)
+    job, text = finished(job_id, cluster)
+    assert job.state == "FAILED", text[-4000:]
+    said = " ".join(text.split())
+    assert f"error: FileNotFoundError: stage 'pretrain_video' starts from {missing}, which does not exist" in said
+    assert len(RANK_PID.findall(text)) == 2, said[-4000:]  # one group started: the error was not retried
+    assert "Traceback" not in said
 
 
 def test_unknown_jobs_wrong_tokens_and_unreachable_clusters_are_one_sentence(cluster, monkeypatch):

@@ -2,7 +2,9 @@
 running the same trainer as the local and SLURM launchers. Ray places the workers (one GPU each
 where the cluster has GPUs), joins them in one process group (NCCL on GPUs, gloo on CPUs), which
 the trainer then uses as it is; when a worker dies Ray Train restarts the whole group, and every
-rank resumes from its stage's `latest` checkpoint, so no step is lost or repeated.
+rank resumes from its stage's `latest` checkpoint, so no step is lost or repeated. An error that a
+restart would only meet again (a stale run, a diverged stage, a bad config) is not retried: the rank
+that meets it records it in <run_dir>/ray_train_error.txt, the group ends, and the driver raises it.
 
 This module is the driver of a training Ray Job (see ray_jobs.submit_training):
     python -m wamforge.launchers.ray_train CONFIG [--workers N] [--max-failures K] [--stage NAME]...
@@ -38,7 +40,9 @@ def train_on_ray(config_path: str | Path, workers: int | None = None, max_failur
     # the GPUs that count are the workers', wherever they land, not this driver's (often a CPU head node)
     gpu = ray.cluster_resources().get("GPU", 0) > 0
     workers = workers or cfg.training.world_size
-    run = {"config": str(config_path), "workdir": os.getcwd(), "stages": stages}
+    error_file = (RunPaths.of(cfg).root / "ray_train_error.txt").absolute()
+    error_file.unlink(missing_ok=True)  # an earlier submission's
+    run = {"config": str(config_path), "workdir": os.getcwd(), "stages": stages, "error_file": str(error_file)}
     trainer = TorchTrainer(
         train_rank, train_loop_config=run,
         # use_gpu adds one GPU per worker; the CPUs are the rank's threads
@@ -52,6 +56,12 @@ def train_on_ray(config_path: str | Path, workers: int | None = None, max_failur
         run_config=RunConfig(name="ray_train", storage_path=str(RunPaths.of(cfg).root.absolute()),
                              failure_config=FailureConfig(max_failures=max_failures)))
     trainer.fit()  # raises the workers' error once the restarts are used up
+    if error_file.exists():
+        raise RunError(error_file.read_text())
+
+
+class RunError(RuntimeError):
+    """A rank's error that a restart would meet again."""
 
 
 def train_rank(run: dict) -> None:
@@ -70,10 +80,17 @@ def train_rank(run: dict) -> None:
     # written, not printed: Ray Train's patched print would put it in the logs twice
     sys.stderr.write(f"wamforge rank {context.get_world_rank()} of {context.get_world_size()}: pid {os.getpid()}\n")
     sys.stderr.flush()
-    from wamforge.training.trainer import train
+    from wamforge.training.trainer import RUN_ERRORS, train
 
-    # resume=True: a first attempt finds no checkpoint and starts; a restarted group continues
-    train(load_config(run["config"]), resume=True, only=run["stages"])
+    error_file = Path(run["error_file"])
+    if error_file.exists():  # a rank of the failed attempt met an error a restart meets again: end at once
+        return
+    try:
+        # resume=True: a first attempt finds no checkpoint and starts; a restarted group continues
+        train(load_config(run["config"]), resume=True, only=run["stages"])
+    except RUN_ERRORS as err:
+        error_file.parent.mkdir(parents=True, exist_ok=True)
+        error_file.write_text(f"{type(err).__name__}: {err}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # one sentence in the job's logs, no traceback
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    train_on_ray(args.config, workers=args.workers, max_failures=args.max_failures, stages=args.stage)
+    try:
+        train_on_ray(args.config, workers=args.workers, max_failures=args.max_failures, stages=args.stage)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     from wamforge.training.metrics import stage_summary
 
     paths = RunPaths.of(cfg)

@@ -51,6 +51,10 @@ class RunExistsError(RuntimeError):
     pass
 
 
+# what a rerun of the same config meets again: one sentence to the user, and no automatic retry
+RUN_ERRORS = (RunExistsError, TrainingDiverged, FileNotFoundError, ValueError)
+
+
 def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
           only: list[str] | None = None) -> list[dict]:
     """Train every stage in order, or only the stages named in `only` (one job per stage on a scheduler)."""

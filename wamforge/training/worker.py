@@ -9,7 +9,7 @@ from pathlib import Path
 
 from wamforge.training.distributed import CollectiveTimeout
 from wamforge.training.preemption import PREEMPTED_EXIT, Preempted
-from wamforge.training.trainer import RunExistsError, TrainingDiverged, main_from_file
+from wamforge.training.trainer import RUN_ERRORS, main_from_file
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     except CollectiveTimeout as err:  # every rank that timed out says what it saw
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except (RunExistsError, TrainingDiverged, FileNotFoundError, ValueError) as err:  # one sentence, no traceback
+    except RUN_ERRORS as err:  # one sentence, no traceback
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
