@@ -10,7 +10,7 @@ To tell what wamforge adds from what DeepSpeed costs, the same hand-written loop
 DeepSpeed engine wamforge builds (in place of DDP): `ratio_to_deepspeed_loop` is wamforge's
 overhead over DeepSpeed itself.
 
-    .venv/bin/python benchmarks/bench_trainer.py [--steps 60 --warmup 10]
+    .venv/bin/python benchmarks/bench_trainer.py [--steps 60 --warmup 10 --repeats 3 --ranks 1 2]
 """
 from __future__ import annotations
 
@@ -121,11 +121,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians over them are reported")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_trainer.json")
     args = p.parse_args()
     res = {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "cpus": os.cpu_count(), "ranks": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for world in (1, 2):
+        for world in args.ranks:
             rounds = {"plain": [], "deepspeed_loop": [], "wamforge": [], "wamforge_compute": []}
             for repeat in range(args.repeats):  # interleaved, so a noisy minute hurts every column alike
                 raw = bench_config(world, args.steps, Path(tmp) / f"runs{repeat}")
