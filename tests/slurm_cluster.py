@@ -1,5 +1,5 @@
 """A real one-node SLURM cluster for the tests: munged, slurmctld and slurmd started as child
-processes from a copy of slurm/slurm.conf whose paths and ports all point into one temporary
+processes from a copy of wamforge/slurm/slurm.conf whose paths and ports all point into one temporary
 directory, so nothing global (/etc/slurm, /run/munge, /var/spool) is read or clobbered."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "slurm" / "slurm.conf"
+TEMPLATE = REPO / "wamforge" / "slurm" / "slurm.conf"
 
 
 class ClusterStartError(RuntimeError):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,16 @@ def test_rendered_train_script_has_the_sbatch_lines_and_parses(tmp_path):
         script.write_text(text)
         checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
+
+
+def test_the_templates_ship_in_the_wheel(tmp_path):
+    """`pip install wamforge` (not a checkout) can render scripts: the templates are package data."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path)], check=True, capture_output=True)
+    [wheel] = tmp_path.glob("wamforge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"wamforge/slurm/{t.name}" for t in slurm.TEMPLATES.glob("*.sbatch")} <= names
+    assert {"wamforge/slurm/train.sbatch", "wamforge/slurm/build.sbatch"} <= names
 
 
 def test_a_dry_run_renders_one_job_per_stage_and_writes_nothing(tmp_path):

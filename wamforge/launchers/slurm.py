@@ -1,9 +1,9 @@
 """SLURM launcher: one sbatch job per training stage (chained with afterok), after an optional
 Ray-on-SLURM data build; status, logs and cancel through scontrol and scancel.
 
-The scripts are rendered from slurm/*.sbatch. Every value is checked before it is written, and
-every path goes into the script shell-quoted, so no name or path can run a command: a job name
-or partition must be a plain word, a path may hold any printable character.
+The scripts are rendered from wamforge/slurm/*.sbatch (package data). Every value is checked
+before it is written, and every path goes into the script shell-quoted, so no name or path can run
+a command: a job name or partition must be a plain word, a path may hold any printable character.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from wamforge.config.paths import RunPaths
 from wamforge.config.schema import ExperimentConfig
 from wamforge.training.preemption import PREEMPTED_EXIT
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "slurm"
+TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 PARTITION = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")  # sbatch takes a list of partitions
 TIME = re.compile(r"(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})|(\d+)")  # D-HH:MM:SS, HH:MM:SS or minutes
