@@ -128,7 +128,11 @@ def test_rendered_train_script_has_the_sbatch_lines_and_parses(tmp_path):
 
 def test_the_templates_ship_in_the_wheel(tmp_path):
     """`pip install wamforge` (not a checkout) can render scripts: the templates are package data."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+    source = tmp_path / "source"  # a copy: building writes build/ and egg-info beside the sources
+    shutil.copytree(REPO / "wamforge", source / "wamforge", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path)], check=True, capture_output=True)
     [wheel] = tmp_path.glob("wamforge-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
