@@ -136,8 +136,7 @@ def test_the_templates_ship_in_the_wheel(tmp_path):
                     "-w", str(tmp_path)], check=True, capture_output=True)
     [wheel] = tmp_path.glob("wamforge-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"wamforge/slurm/{t.name}" for t in slurm.TEMPLATES.glob("*.sbatch")} <= names
-    assert {"wamforge/slurm/train.sbatch", "wamforge/slurm/build.sbatch"} <= names
+    assert {"wamforge/slurm/train.sbatch", "wamforge/slurm/build.sbatch", "wamforge/slurm/slurm.conf"} <= names
 
 
 def test_a_dry_run_renders_one_job_per_stage_and_writes_nothing(tmp_path):

@@ -15,10 +15,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from wamforge.model_zoo.partitions import full_shape, is_partitioned
+
 
 def _local(param: torch.nn.Parameter) -> torch.Tensor:
     """What this rank holds of a parameter: its ZeRO-3 partition (flat, zero-padded) or all of it."""
-    return param.ds_tensor if hasattr(param, "ds_tensor") else param
+    return param.ds_tensor if is_partitioned(param) else param
 
 
 class EMA:
@@ -28,7 +30,7 @@ class EMA:
         self.decay = decay
         self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         self.shadow = {n: _local(p).detach().float().clone() for n, p in self.params.items()}
-        self.sharded = any(hasattr(p, "ds_tensor") for p in self.params.values())
+        self.sharded = any(is_partitioned(p) for p in self.params.values())
 
     @torch.no_grad()
     def update(self) -> None:
@@ -43,7 +45,7 @@ class EMA:
         for name, param in self.params.items():
             parts = [torch.empty_like(self.shadow[name]) for _ in range(dist.get_world_size())]
             dist.all_gather(parts, self.shadow[name])
-            full[name] = torch.cat(parts)[: param.ds_numel].view(param.ds_shape).cpu()
+            full[name] = torch.cat(parts)[: param.ds_numel].view(full_shape(param)).cpu()
         return full
 
     def state_dict(self, full: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,7 +63,7 @@ class EMA:
             raise ValueError(f"{path} averages other parameters than this stage trains")
         for name, value in saved.items():
             param = self.params[name]
-            if hasattr(param, "ds_tensor"):  # this rank's partition of the full tensor
+            if is_partitioned(param):  # this rank's partition of the full tensor
                 size = param.ds_tensor.numel()
                 flat = torch.zeros(size * dist.get_world_size())
                 flat[: value.numel()] = value.flatten()
