@@ -43,7 +43,7 @@ from wamforge.config.schema import StageConfig  # noqa: E402
 from wamforge.data_pipeline.loader import MixtureLoader  # noqa: E402
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer  # noqa: E402
 from wamforge.data_pipeline.video import decode_mp4  # noqa: E402
-from wamforge.model_zoo.embodiments import EmbodimentRegistry  # noqa: E402
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry  # noqa: E402
 
 
 def make_collator(data: Path, sources: list[str]) -> Collator:

@@ -60,7 +60,7 @@ def wamforge_step_times(raw: dict, path: Path, warmup: int) -> tuple[list[float]
 def _plain_rank(rank: int, world: int, raw: dict, steps: int, port: int, engine: str, out: dict) -> None:
     from wamforge.data_pipeline.loader import MixtureLoader
     from wamforge.data_pipeline.loader.collate import Collator, Normalizer
-    from wamforge.model_zoo.embodiments import EmbodimentRegistry
+    from wamforge.data_pipeline.embodiments import EmbodimentRegistry
     from wamforge.model_zoo.wam import WorldActionModel
 
     torch.set_num_threads(raw["training"].get("threads_per_rank", 1))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import WanTransformer3DModel
 
-from wamforge.model_zoo.trunks.wan_dit import WanDiT
+from wamforge.model_zoo.trunks.wan.model import WanDiT
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES
+from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
 from wamforge.training.plan import plan
 
 

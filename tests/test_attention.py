@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from wamforge.model_zoo.attention import attention, blockwise_causal_mask
-from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES
+from wamforge.model_zoo.common.attention import attention, blockwise_causal_mask
+from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
 
 
 def reference(q, k, v, allowed):

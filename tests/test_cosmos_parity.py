@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wamforge.model_zoo.trunks.cosmos_dit import CosmosDiT, CosmosRotaryPosEmbed
-from wamforge.model_zoo.trunks.cosmos_sizes import COSMOS_SIZES
+from wamforge.model_zoo.trunks.cosmos.model import CosmosDiT, CosmosRotaryPosEmbed
+from wamforge.model_zoo.trunks.cosmos.sizes import COSMOS_SIZES
 
 transformer_cosmos = pytest.importorskip("diffusers.models.transformers.transformer_cosmos")
 

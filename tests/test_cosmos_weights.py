@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from wamforge.model_zoo.trunks.cosmos_sizes import COSMOS_SIZES
-from wamforge.model_zoo.trunks.cosmos_weights import (checkpoint_files, is_dropped, layout_names,
+from wamforge.model_zoo.trunks.cosmos.sizes import COSMOS_SIZES
+from wamforge.model_zoo.trunks.cosmos.weights import (checkpoint_files, is_dropped, layout_names,
                                                       load_cosmos_weights, native_name, save_cosmos_weights)
 
 # every tensor of one block of Cosmos-Predict2's MiniTrainDIT, as the released checkpoints name them

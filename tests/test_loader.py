@@ -19,7 +19,7 @@ from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at
 from wamforge.data_pipeline.loader.shard_stream import ShardStream
-from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 
 
 BUFFER = 20_000  # bytes: a few windows of the tiny build, so the shuffle buffer is exercised

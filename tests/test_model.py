@@ -6,8 +6,9 @@ import torch
 from wamforge.config.schema import ActionExpertConfig, ModelConfig, TextConfig, TrunkConfig, VAEConfig
 from wamforge.data_pipeline.schema import Batch
 from wamforge.model_zoo import WorldActionModel
-from wamforge.model_zoo.attention import attention
-from wamforge.model_zoo.trunks.wan_dit import WanRotaryPosEmbed, apply_rotary
+from wamforge.model_zoo.common.attention import attention
+from wamforge.model_zoo.common.layers import apply_rotary
+from wamforge.model_zoo.trunks.wan.model import WanRotaryPosEmbed
 from wamforge.model_zoo.vae import PatchifyVAE
 
 CLIP, RES, A_MAX, P_MAX, HORIZON = 9, (32, 32), 8, 4, 8
@@ -325,7 +326,7 @@ def test_frozen_t5_text_encoder_with_cache(tmp_path):
                                                 ("shifted", {"shift": 3.0}, 0.6760), ("beta", {"alpha": 1.5, "beta": 1.0}, 0.6)])
 def test_timestep_samplers_draw_their_distributions(kind, fields, mean):
     from wamforge.config.schema import TimestepConfig
-    from wamforge.model_zoo.timesteps import sample_timesteps
+    from wamforge.model_zoo.common.timesteps import sample_timesteps
 
     torch.manual_seed(0)
     t = sample_timesteps(TimestepConfig(kind=kind, **fields), 200_000, "cpu")  # shifted: 1.5 - 0.75 ln 3

@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from wamforge.cli import main
-from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES, WanSize
+from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES, WanSize
 from wamforge.training.plan import plan
 
 

@@ -9,8 +9,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from torch import nn
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-from wamforge.model_zoo.t5_encoder import T5TextEncoder
-from wamforge.model_zoo.text_cache import CachedTextEncoder
+from wamforge.model_zoo.encoders.t5 import T5TextEncoder
+from wamforge.model_zoo.encoders.text_cache import CachedTextEncoder
 
 CAPTIONS = ["pick up the red block", "open the drawer", "push the button to the left", "reach the goal"]
 MAX_TOKENS = 8

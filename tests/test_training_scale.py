@@ -20,7 +20,7 @@ from tests.conftest import REPO, tiny_config
 from tests.runs import one_stage_config, wait_for, wamforge
 from wamforge.config import validate
 from wamforge.config.paths import RunPaths
-from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.wam import WorldActionModel
 from wamforge.training.engine import lr_lambda
 from wamforge.training.metrics import read_jsonl
@@ -158,7 +158,7 @@ def test_init_keys_map_a_checkpoint_and_report_what_loaded(built, tmp_path):
 def _sequence_parallel_rank(rank: int, port: int, out: dict) -> None:
     import deepspeed
 
-    from wamforge.model_zoo.sequence_parallel import SequenceShard
+    from wamforge.training.parallel.sequence_parallel import SequenceShard
     from wamforge.model_zoo.trunks import WanDiT
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
@@ -202,7 +202,7 @@ def test_ulysses_sequence_parallel_trunk_matches_one_rank():
 def _partitioned_build_rank(rank: int, port: int, root: str, out: dict) -> None:
     import deepspeed
 
-    from wamforge.model_zoo.partitions import whole
+    from wamforge.model_zoo.common.partitions import whole
     from wamforge.training.engine import partitioned_init
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", LOCAL_RANK=str(rank))

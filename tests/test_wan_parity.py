@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wamforge.model_zoo.trunks.wan_dit import WanDiT, WanRotaryPosEmbed
+from wamforge.model_zoo.trunks.wan.model import WanDiT, WanRotaryPosEmbed
 
 transformer_wan = pytest.importorskip("diffusers.models.transformers.transformer_wan")
 

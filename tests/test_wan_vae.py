@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wamforge.model_zoo.vae.wan_vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAE
-from wamforge.model_zoo.vae.wan_vae_weights import load_wan_vae, native_names, save_wan_vae
+from wamforge.model_zoo.vae.wan.model import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAE
+from wamforge.model_zoo.vae.wan.weights import load_wan_vae, native_names, save_wan_vae
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES, WanSize
-from wamforge.model_zoo.trunks.wan_weights import (checkpoint_files, layout_names, load_wan_weights,
+from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES, WanSize
+from wamforge.model_zoo.trunks.wan.weights import (checkpoint_files, layout_names, load_wan_weights,
                                                    native_name, save_wan_weights)
 
 # every tensor of one block of the Wan2.1 repository's WanModel (wan/modules/model.py)

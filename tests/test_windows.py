@@ -16,7 +16,7 @@ from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer, load_npy
 from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_tensor
-from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.vae import encode_views, make_vae
 from wamforge.model_zoo.wam import WorldActionModel
 from wamforge.training.policy import Policy
@@ -93,7 +93,7 @@ def test_encoder_caches_are_built_by_actors_and_served_instead_of_pixels(tmp_pat
     cfg = validate(raw)
     manifest = build_dataset(cfg)
     vae = make_vae(cfg.model.vae)
-    from wamforge.model_zoo.teacher import VisionTeacher
+    from wamforge.model_zoo.encoders.teacher import VisionTeacher
     teacher = VisionTeacher(cfg.data.teacher)
     assert set(manifest["caches"]) == {vae.cache_id, teacher.cache_id}
     assert teacher.cache_id.startswith("dinov2-") and vae.cache_id == "patchify-s4t4@1"

@@ -131,7 +131,7 @@ def cmd_plot(cfg: ExperimentConfig, args) -> int:
 
 def cmd_plan(cfg: ExperimentConfig, args) -> int:
     """Size the trunk for a world size, resolution and frame count before submitting."""
-    from wamforge.model_zoo.trunks.wan_sizes import WAN_SIZES
+    from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
     from wamforge.training.plan import experiment_plan, plan
 
     height, width = (int(v) for v in args.resolution.lower().split("x")) if args.resolution else cfg.data.resolution

@@ -18,8 +18,8 @@ from wamforge.config.schema import ModelConfig, TextConfig, TimestepConfig
 from wamforge.data_pipeline.schema import Batch
 from wamforge.data_pipeline.video import pixels_to_unit
 from wamforge.model_zoo.heads import ActionExpert, EmbodimentBank
-from wamforge.model_zoo.text_encoder import ByteTextEncoder
-from wamforge.model_zoo.timesteps import sample_timesteps
+from wamforge.model_zoo.encoders.byte_text import ByteTextEncoder
+from wamforge.model_zoo.common.timesteps import sample_timesteps
 from wamforge.model_zoo.trunks import WanDiT
 from wamforge.model_zoo.vae import encode_views, make_vae
 
@@ -29,8 +29,8 @@ OBJECTIVES = ("video", "joint", "action")
 
 
 def frozen_text_encoder(cfg: TextConfig) -> nn.Module:
-    from wamforge.model_zoo.t5_encoder import T5TextEncoder
-    from wamforge.model_zoo.text_cache import CachedTextEncoder
+    from wamforge.model_zoo.encoders.t5 import T5TextEncoder
+    from wamforge.model_zoo.encoders.text_cache import CachedTextEncoder
 
     encoder = T5TextEncoder(cfg.path, cfg.max_tokens)
     if encoder.dim != cfg.dim:

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from wamforge.model_zoo.partitions import full_shape, is_partitioned
+from wamforge.model_zoo.common.partitions import full_shape, is_partitioned
 
 
 def _local(param: torch.nn.Parameter) -> torch.Tensor:

@@ -109,7 +109,7 @@ def _deep_update(base: dict, update: dict) -> None:
 def mark_trainable(model: torch.nn.Module, patterns: list[str]) -> dict[str, torch.nn.Parameter]:
     """requires_grad only for parameters whose name matches a stage pattern, and LoRA adapters;
     the weights LoRA adapts stay frozen."""
-    from wamforge.model_zoo.lora import LORA_PARAMS, adapted_weights
+    from wamforge.training.parallel.lora import LORA_PARAMS, adapted_weights
 
     frozen = adapted_weights(model)
     trainable = {}

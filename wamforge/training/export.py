@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from wamforge.config.paths import RunPaths
 from wamforge.config.schema import ExperimentConfig
 from wamforge.data_pipeline.loader.collate import stats_hash
-from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.training.metrics import stage_summary
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

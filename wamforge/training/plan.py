@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from wamforge.model_zoo.trunks.wan_sizes import WanSize
+from wamforge.model_zoo.trunks.wan.sizes import WanSize
 
 BF16 = 2
 
@@ -81,7 +81,7 @@ def plan(shape: WanSize, frames: int, resolution: tuple[int, int], world_size: i
 
 def experiment_plan(cfg, world_size: int | None = None) -> Plan:
     """The plan of an experiment's own trunk at its resolution, frames and micro-batch."""
-    from wamforge.model_zoo.trunks.wan_sizes import WanSize
+    from wamforge.model_zoo.trunks.wan.sizes import WanSize
 
     m, s = cfg.model, cfg.model.vae.spatial
     shape = WanSize(m.trunk.dim, m.trunk.ffn_dim, m.trunk.layers, m.trunk.heads, in_channels=3 * s * s,

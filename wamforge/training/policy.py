@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from wamforge.config import validate
 from wamforge.data_pipeline.loader.collate import Normalizer, stats_hash
 from wamforge.data_pipeline.video import resize_center_crop, video_to_tensor
-from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.wam import WorldActionModel
 
 

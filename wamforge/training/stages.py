@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from wamforge.config.paths import RunPaths
 from wamforge.config.schema import ExperimentConfig, StageConfig
-from wamforge.model_zoo.partitions import full_shape, whole
+from wamforge.model_zoo.common.partitions import full_shape, whole
 
 
 def init_path(stage: StageConfig, cfg: ExperimentConfig, paths: RunPaths) -> Path | None:

@@ -20,11 +20,11 @@ from wamforge.config.paths import RunPaths
 from wamforge.config.schema import ExperimentConfig, StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
-from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.vae import make_vae
 from wamforge.model_zoo.wam import WorldActionModel
-from wamforge.model_zoo.lora import adapters_only, apply_lora, merge_lora
-from wamforge.model_zoo.sequence_parallel import SequenceShard, sequence_groups
+from wamforge.training.parallel.lora import adapters_only, apply_lora, merge_lora
+from wamforge.training.parallel.sequence_parallel import SequenceShard, sequence_groups
 from wamforge.training import checkpoint
 from wamforge.training.distributed import (CollectiveTimeout, DistEnv, Heartbeat, barrier, init, is_timeout,
                                            max_across_ranks, means_and_maxima, read_env)

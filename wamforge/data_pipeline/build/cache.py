@@ -31,7 +31,7 @@ class EncoderActor:
             from wamforge.model_zoo.vae import make_vae
             self.encoder = make_vae(VAEConfig.model_validate(vae_cfg)).to(self.device)
         else:
-            from wamforge.model_zoo.teacher import VisionTeacher
+            from wamforge.model_zoo.encoders.teacher import VisionTeacher
             self.encoder = VisionTeacher(teacher).to(self.device)
         self.cache_id = self.encoder.cache_id
 
@@ -69,7 +69,7 @@ def cache_id(kind: str, cfg) -> str:
     if kind == "vae":
         from wamforge.model_zoo.vae import make_vae
         return make_vae(cfg.model.vae).cache_id
-    from wamforge.model_zoo.teacher import teacher_id
+    from wamforge.model_zoo.encoders.teacher import teacher_id
     return teacher_id(cfg.data.teacher)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from wamforge.data_pipeline.schema import Batch
 from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_uint8
-from wamforge.model_zoo.embodiments import EmbodimentRegistry
+from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 
 EPS = 1e-6
 

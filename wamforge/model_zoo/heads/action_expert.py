@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from wamforge.config.schema import ActionExpertConfig
-from wamforge.model_zoo.partitions import whole
-from wamforge.model_zoo.trunks.wan_dit import (FREQ_DIM, FP32LayerNorm, FP32Linear, TimestepEmbedding,
-                                               WanTransformerBlock)
+from wamforge.model_zoo.common.partitions import whole
+from wamforge.model_zoo.common.layers import (FREQ_DIM, FP32LayerNorm, FP32Linear, TimestepEmbedding,
+                                             TransformerBlock)
 
 
 class ActionExpert(nn.Module):
@@ -27,7 +27,7 @@ class ActionExpert(nn.Module):
         self.time_proj = FP32Linear(dim, 6 * dim)
         self.context_norm = FP32LayerNorm(context_dim, eps)  # tapped DiT states are not normalized
         self.context_proj = nn.Linear(context_dim, dim)
-        self.blocks = nn.ModuleList(WanTransformerBlock(dim, 4 * dim, cfg.heads) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, 4 * dim, cfg.heads) for _ in range(cfg.layers))
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         for module in self.modules():  # the trunk's recipe

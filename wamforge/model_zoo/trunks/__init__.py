@@ -1,4 +1,4 @@
-from wamforge.model_zoo.trunks.cosmos_dit import CosmosDiT
-from wamforge.model_zoo.trunks.wan_dit import WanDiT
+from wamforge.model_zoo.trunks.cosmos.model import CosmosDiT
+from wamforge.model_zoo.trunks.wan.model import WanDiT
 
 __all__ = ["CosmosDiT", "WanDiT"]

@@ -1,5 +1,5 @@
 from wamforge.model_zoo.vae.patchify import PatchifyVAE
-from wamforge.model_zoo.vae.wan_vae import WanVAE
+from wamforge.model_zoo.vae.wan.model import WanVAE
 
 __all__ = ["PatchifyVAE", "WanVAE", "encode_views", "make_vae"]
 

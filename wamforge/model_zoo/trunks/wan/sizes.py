@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wamforge.model_zoo.trunks.wan_dit import WanDiT
+from wamforge.model_zoo.trunks.wan.model import WanDiT
 
 
 @dataclass(frozen=True)

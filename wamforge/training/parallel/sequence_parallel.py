@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from wamforge.model_zoo.attention import attention
+from wamforge.model_zoo.common.attention import attention
 
 
 class _GatherSequence(torch.autograd.Function):

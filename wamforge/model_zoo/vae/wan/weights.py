@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from wamforge.model_zoo.vae.wan_vae import WanVAE
+from wamforge.model_zoo.vae.wan.model import WanVAE
 
 # inside a residual block: (norm1, SiLU, conv1, norm2, SiLU, dropout, conv2) is one Sequential
 _RESIDUAL = [(r"\.norm1\.", ".residual.0."), (r"\.conv1\.", ".residual.2."), (r"\.norm2\.", ".residual.3."),

@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from wamforge.model_zoo.weights_io import LoadReport, checkpoint_files, write_safetensors
+from wamforge.model_zoo.common.weights_io import LoadReport, checkpoint_files, write_safetensors
 
 
 Layout = Literal["diffusers", "native"]

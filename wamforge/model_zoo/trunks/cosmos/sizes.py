@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from wamforge.model_zoo.trunks.cosmos_dit import CosmosDiT
+from wamforge.model_zoo.trunks.cosmos.model import CosmosDiT
 
 
 @dataclass(frozen=True)
