@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wamforge.config.schema import StageConfig  # noqa: E402
+from wamforge.config.stages import StageConfig  # noqa: E402
 from wamforge.data_pipeline.loader import MixtureLoader  # noqa: E402
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer  # noqa: E402
 from wamforge.data_pipeline.video import decode_mp4  # noqa: E402

@@ -61,7 +61,7 @@ def _plain_rank(rank: int, world: int, raw: dict, steps: int, port: int, engine:
     from wamforge.data_pipeline.loader import MixtureLoader
     from wamforge.data_pipeline.loader.collate import Collator, Normalizer
     from wamforge.data_pipeline.embodiments import EmbodimentRegistry
-    from wamforge.model_zoo.wam import WorldActionModel
+    from wamforge.model_zoo.build import build_model
 
     torch.set_num_threads(raw["training"].get("threads_per_rank", 1))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -73,13 +73,13 @@ def _plain_rank(rank: int, world: int, raw: dict, steps: int, port: int, engine:
     data = RunPaths.of(cfg).data
     stats = json.loads((data / "stats.json").read_text())
     collator = Collator(Normalizer(stats, registry), registry, {n: i for i, n in enumerate(cfg.data.sources)},
-                        horizon=cfg.model.action_expert.horizon, max_action_dim=cfg.model.max_action_dim,
+                        horizon=cfg.model.regime.horizon, max_action_dim=cfg.model.max_action_dim,
                         max_proprio_dim=cfg.model.max_proprio_dim)
     stage = cfg.stages[0]
     loader = MixtureLoader(data, stage, collator, rank, world, cfg.training.micro_batch_per_rank, seed=0, workers=0)
     batches = [b for b, _ in zip((b for b, _ in loader), range(16))]  # in memory before timing
     torch.manual_seed(0)
-    model = WorldActionModel.for_experiment(cfg, len(registry))
+    model = build_model(cfg, len(registry))
     if engine == "deepspeed":  # the engine wamforge builds: its ZeRO stage, optimizer and clipping
         from wamforge.training.engine import build_engine
 

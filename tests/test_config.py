@@ -48,10 +48,35 @@ def test_set_overrides_nested_and_list_values(tmp_path):
     assert cfg.training.world_size == 1 and cfg.stages[2].steps == 9 and cfg.eval.tasks == ["a", "b"]
 
 
-def test_unimplemented_design_point_is_rejected(tmp_path):
+@pytest.mark.parametrize("axis, kind, registered", [
+    ("coupling", "action_conditioned_rollout", "'post_prediction_head', 'joint_generation'"),
+    ("substrate", "geometric.flow", "'feature.tap', 'pixel.latent'"),
+    ("regime", "interactive", "'chunked'"),
+    ("trunk", "ltx", "'wan', 'cosmos'")])
+def test_a_design_point_no_component_builds_is_refused_naming_what_exists(tmp_path, axis, kind, registered):
     raw = tiny_config(tmp_path)
-    raw["model"]["coupling"] = "joint_generation"
-    with pytest.raises(ConfigError, match="coupling 'joint_generation' has no model yet"):
+    raw["model"][axis] = kind
+    with pytest.raises(ConfigError, match=f"model.{axis}.*'{kind}'.*{registered}"):
+        validate(raw)
+
+
+def test_a_recipe_lays_under_the_model_block_and_set_still_overrides(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["model"] = {"recipe": "uwm", "trunk": {"kind": "wan", "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 64}}
+    path = write_config(raw, tmp_path / "c.yaml")
+    cfg = load_config(path, ["model.coupling.registers=2", "model.regime.horizon=4"])
+    assert (cfg.model.coupling.kind, cfg.model.backbone.kind, cfg.model.substrate.kind) == \
+        ("joint_generation", "hybrid", "pixel.latent")
+    assert cfg.model.coupling.registers == 2 and cfg.model.trunk.dim == 32 and cfg.model.regime.horizon == 4
+    raw["model"]["recipe"] = "uvm"
+    with pytest.raises(ConfigError, match="no recipe named 'uvm'; known: .*uwm"):
+        validate(raw)
+
+
+def test_a_misspelt_key_of_a_component_names_that_components_fields(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["model"]["coupling"] = {"kind": "joint_generation", "registerz": 2}
+    with pytest.raises(ConfigError, match="unknown key 'model.coupling.registerz'; did you mean 'registers'"):
         validate(raw)
 
 

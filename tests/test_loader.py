@@ -14,7 +14,7 @@ import torch
 import webdataset as wds
 
 from wamforge.config.paths import RunPaths
-from wamforge.config.schema import MixtureConfig, StageConfig
+from wamforge.config.stages import MixtureConfig, StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from wamforge.config.schema import DataConfig, EvalConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
+from wamforge.config.evaluation import EvalConfig
 from wamforge.data_pipeline.sources import metaworld_env as mw
 from wamforge.data_pipeline.sources.metaworld import SUCCESS_TAIL_STEPS, MetaWorldSource
 from wamforge.training.evaluate import evaluate

@@ -3,9 +3,17 @@ import sys
 import pytest
 import torch
 
-from wamforge.config.schema import ActionExpertConfig, ModelConfig, TextConfig, TrunkConfig, VAEConfig
+from wamforge.config.model import ModelConfig
 from wamforge.data_pipeline.schema import Batch
-from wamforge.model_zoo import WorldActionModel
+from wamforge.model_zoo.couplings import PostPredictionHeadConfig
+from wamforge.model_zoo.encoders import TextConfig
+from wamforge.model_zoo.heads import ActionExpertConfig
+from wamforge.model_zoo.inference import Inference
+from wamforge.model_zoo.regimes import ChunkedConfig
+from wamforge.model_zoo.substrates import FeatureTapConfig
+from wamforge.model_zoo.trunks import WanTrunkConfig
+from wamforge.model_zoo.vae import PatchifyVAEConfig
+from wamforge.model_zoo.wam import Geometry, WorldActionModel
 from wamforge.model_zoo.common.attention import attention
 from wamforge.model_zoo.common.layers import apply_rotary
 from wamforge.model_zoo.trunks.wan.model import WanRotaryPosEmbed
@@ -18,16 +26,17 @@ TOKENS_PER_FRAME = (16 // 2) ** 2  # patch 2
 
 def tiny_config() -> ModelConfig:
     return ModelConfig(
-        trunk=TrunkConfig(dim=32, layers=2, heads=2, ffn_dim=64, tap_layer=1),
-        vae=VAEConfig(spatial=2),  # 48 values per token: dim 32 can carry most of the noise
+        substrate=FeatureTapConfig(layer=1),
+        trunk=WanTrunkConfig(dim=32, layers=2, heads=2, ffn_dim=64),
+        vae=PatchifyVAEConfig(spatial=2),  # 48 values per token: dim 32 can carry most of the noise
         text=TextConfig(dim=16, max_tokens=16),
-        action_expert=ActionExpertConfig(dim=32, layers=2, heads=2, horizon=HORIZON),
-        max_action_dim=A_MAX, max_proprio_dim=P_MAX)
+        coupling=PostPredictionHeadConfig(head=ActionExpertConfig(dim=32, layers=2, heads=2)),
+        regime=ChunkedConfig(horizon=HORIZON), max_action_dim=A_MAX, max_proprio_dim=P_MAX)
 
 
 def tiny_model(seed: int = 0) -> WorldActionModel:
     torch.manual_seed(seed)
-    return WorldActionModel(tiny_config(), num_embodiments=2, clip_frames=CLIP, resolution=RES)
+    return WorldActionModel(tiny_config(), Geometry(CLIP, RES), num_embodiments=2)
 
 
 def make_batch(size: int = 2, has_actions: bool = True, seed: int = 0) -> Batch:
@@ -87,7 +96,7 @@ def test_vae_is_causal_in_time():
 
 
 def test_views_are_tiled_along_width():
-    model = WorldActionModel(tiny_config(), num_embodiments=2, clip_frames=CLIP, resolution=RES, views=2)
+    model = WorldActionModel(tiny_config(), Geometry(CLIP, RES, views=2), num_embodiments=2)
     video = torch.rand(1, CLIP, 2, 3, *RES)
     tiled = torch.cat([video[:, :, 0], video[:, :, 1]], dim=-1)
     assert torch.equal(model.encode_video(video), model.vae.encode(tiled))
@@ -130,30 +139,28 @@ def test_trunk_does_not_mix_batch_elements():
 def test_clean_first_frame_gets_timestep_zero_and_no_video_loss():
     model, batch = tiny_model(), make_batch()
     seen = {}
+    predict = model.trunk.predict
 
-    def capture(module, args, kwargs):
-        seen["latents"], seen["timestep"] = args[0], args[1]
+    def capture(latents, frame_t, *args, **kwargs):
+        seen["latents"], seen["frame_t"] = latents, frame_t
+        return predict(latents, frame_t, *args, **kwargs)
 
-    handle = model.trunk.register_forward_pre_hook(capture, with_kwargs=True)
+    model.trunk.predict = capture
     torch.manual_seed(3)
     reference = model.loss(batch, "video", {})["video_loss"]
-    handle.remove()
 
-    timestep = seen["timestep"]
-    assert torch.equal(timestep[:, :TOKENS_PER_FRAME], torch.zeros(2, TOKENS_PER_FRAME))
-    assert (timestep[:, TOKENS_PER_FRAME:] > 0).all()
+    frame_t = seen["frame_t"]
+    assert torch.equal(frame_t[:, 0], torch.zeros(2)) and (frame_t[:, 1:] > 0).all()
     assert torch.equal(seen["latents"][:, :, 0], model.encode_video(batch.video)[:, :, 0])
 
     # whatever the trunk predicts for the clean frame must not move the loss
-    forward = model.trunk.forward
-
     def garbage_on_first_frame(*args, **kwargs):
-        prediction, tapped = forward(*args, **kwargs)
+        prediction, tapped = predict(*args, **kwargs)
         prediction = prediction.clone()
         prediction[:, :, 0] = 1e3
         return prediction, tapped
 
-    model.trunk.forward = garbage_on_first_frame
+    model.trunk.predict = garbage_on_first_frame
     torch.manual_seed(3)
     assert torch.equal(model.loss(batch, "video", {})["video_loss"], reference)
 
@@ -164,24 +171,25 @@ def test_flow_conventions_hold_for_an_oracle_velocity():
     model, batch = tiny_model(), make_batch()
     x0 = model.encode_video(batch.video)
 
-    def oracle_trunk(latents, timestep, *args, **kwargs):
-        t = timestep.view(len(latents), -1, TOKENS_PER_FRAME)[:, None, :, :1, None] / 1000  # [B, 1, F, 1, 1]
-        return (latents - x0) / t.clamp(min=1e-9), None
+    def oracle_trunk(latents, frame_t, *args, **kwargs):
+        t = frame_t[:, None, :, None, None]  # [B, 1, F, 1, 1]
+        return (latents - x0) / t.clamp(min=1e-9), {}
 
-    model.trunk.forward = oracle_trunk
+    model.trunk.predict = oracle_trunk
     torch.manual_seed(5)
     assert model.loss(batch, "video", {})["video_loss"] < 1e-6
-    del model.trunk.forward
+    del model.trunk.predict
 
-    def oracle_expert(noisy, mask, t, *args):
+    def oracle_expert(model, noisy, mask, t, *args):
         return (noisy - batch.actions) / t[:, None, None]
 
-    model._action_velocity = oracle_expert
+    model.coupling.velocity = oracle_expert
     torch.manual_seed(5)
     out = model.loss(batch, "action", {})
     assert out["action_loss"] < 1e-8 and out["loss"] < 1e-8
     actions = model.sample_actions(batch.video[:, :1], batch.proprio, batch.proprio_mask, batch.embodiment_id,
-                                   batch.text, steps=4, action_mask=batch.action_mask[:, 0])
+                                   batch.text, inference=Inference(action_steps=4),
+                                   action_mask=batch.action_mask[:, 0])
     assert torch.allclose(actions, batch.actions, atol=1e-5)
 
 
@@ -234,11 +242,11 @@ def test_sample_actions_and_tap_fast_path():
     current = batch.video[:, :1]
     action_mask = batch.action_mask[:, 0]
     args = (current, batch.proprio, batch.proprio_mask, batch.embodiment_id, batch.text)
-    actions = model.sample_actions(*args, steps=4, generator=torch.Generator().manual_seed(0),
+    actions = model.sample_actions(*args, inference=Inference(action_steps=4), generator=torch.Generator().manual_seed(0),
                                    action_mask=action_mask)
     assert actions.shape == (2, HORIZON, A_MAX) and torch.isfinite(actions).all()
     assert (actions[:, :, 4:] == 0).all() and (actions[:, :, :4] != 0).all()
-    again = model.sample_actions(*args, steps=4, generator=torch.Generator().manual_seed(0),
+    again = model.sample_actions(*args, inference=Inference(action_steps=4), generator=torch.Generator().manual_seed(0),
                                  action_mask=action_mask)
     assert torch.equal(actions, again)
 
@@ -265,8 +273,8 @@ def test_trained_action_dims_mask_inference_without_an_explicit_mask():
     restored.load_state_dict(model.state_dict())  # the record travels with the weights
     restored.eval()
     args = (batch.video[:, :1], batch.proprio, batch.proprio_mask, batch.embodiment_id, batch.text)
-    implicit = restored.sample_actions(*args, steps=2, generator=torch.Generator().manual_seed(0))
-    explicit = restored.sample_actions(*args, steps=2, generator=torch.Generator().manual_seed(0),
+    implicit = restored.sample_actions(*args, inference=Inference(action_steps=2), generator=torch.Generator().manual_seed(0))
+    explicit = restored.sample_actions(*args, inference=Inference(action_steps=2), generator=torch.Generator().manual_seed(0),
                                        action_mask=batch.action_mask[:, 0])
     assert torch.equal(implicit, explicit) and (implicit[:, :, 4:] == 0).all()
 
@@ -278,7 +286,7 @@ def test_runs_with_weights_cast_to_bf16():
     assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
     out["loss"].backward()
     actions = model.sample_actions(batch.video[:, :1], batch.proprio, batch.proprio_mask,
-                                   batch.embodiment_id, batch.text, steps=2)
+                                   batch.embodiment_id, batch.text, inference=Inference(action_steps=2))
     assert actions.shape == (2, HORIZON, A_MAX) and actions.dtype == torch.float32
 
 
@@ -308,7 +316,7 @@ def test_frozen_t5_text_encoder_with_cache(tmp_path):
     cfg = tiny_config()
     cfg.text = TextConfig(encoder="t5", dim=32, max_tokens=16, path=str(checkpoint), cache_dir=str(tmp_path / "cache"))
     torch.manual_seed(0)
-    model = WorldActionModel(cfg, num_embodiments=2, clip_frames=CLIP, resolution=RES)
+    model = WorldActionModel(cfg, Geometry(CLIP, RES), num_embodiments=2)
     assert not any(k.startswith(("text_encoder", "frozen")) for k in model.state_dict())
     batch = make_batch()
     model.loss(batch, "joint", {})["loss"].backward()
@@ -319,13 +327,13 @@ def test_frozen_t5_text_encoder_with_cache(tmp_path):
 
     cfg.text = TextConfig(encoder="t5", dim=64, max_tokens=16, path=str(checkpoint))
     with pytest.raises(ValueError, match="d_model 32"):
-        WorldActionModel(cfg, num_embodiments=2, clip_frames=CLIP, resolution=RES)
+        WorldActionModel(cfg, Geometry(CLIP, RES), num_embodiments=2)
 
 
 @pytest.mark.parametrize("kind, fields, mean", [("uniform", {}, 0.5), ("logit_normal", {"mean": 0.0, "std": 1.0}, 0.5),
                                                 ("shifted", {"shift": 3.0}, 0.6760), ("beta", {"alpha": 1.5, "beta": 1.0}, 0.6)])
 def test_timestep_samplers_draw_their_distributions(kind, fields, mean):
-    from wamforge.config.schema import TimestepConfig
+    from wamforge.model_zoo.common.timesteps import TimestepConfig
     from wamforge.model_zoo.common.timesteps import sample_timesteps
 
     torch.manual_seed(0)
@@ -336,7 +344,7 @@ def test_timestep_samplers_draw_their_distributions(kind, fields, mean):
 
 
 def test_stage_timesteps_reach_the_losses():
-    from wamforge.config.schema import TimestepConfig
+    from wamforge.model_zoo.common.timesteps import TimestepConfig
 
     model, batch = tiny_model(), make_batch()
     losses = {}
@@ -350,7 +358,7 @@ def test_stage_timesteps_reach_the_losses():
 
 
 def test_loss_weight_schedules_ramp_between_breakpoints():
-    from wamforge.config.schema import StageConfig
+    from wamforge.config.stages import StageConfig
     from wamforge.training.stages import loss_weights_at
 
     stage = StageConfig(name="s", objective="joint", steps=100, mixture={"weights": {"a": 1}},

@@ -9,7 +9,7 @@ from tests import formats
 from tests.conftest import tiny_config
 from wamforge.config import validate
 from wamforge.config.paths import RunPaths
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.build.pipeline import build_dataset
 from wamforge.data_pipeline.sources import make_source
 

@@ -168,7 +168,7 @@ def test_export_load_policy_act_in_raw_units(trained, tmp_path):
                                                "embodiments.json", "README.md"}
     obs = {"image": np.full((64, 48, 3), 120, np.uint8), "proprio": np.array([0.0, 0.6, 0.2, 1.0], np.float32)}
     chunk = load_policy(out).act(obs, "reach the goal")
-    assert chunk.shape == (cfg.model.action_expert.horizon, 4) and chunk.dtype == np.float32
+    assert chunk.shape == (cfg.model.regime.horizon, 4) and chunk.dtype == np.float32
     assert np.all(chunk >= -1) and np.all(chunk <= 1)  # sawyer bounds, raw units
 
     # statistics that are not the ones the policy was trained with are refused
@@ -313,7 +313,7 @@ def test_ema_is_kept_checkpointed_resumed_and_exported(built, tmp_path):
 def test_a_finished_run_with_another_model_is_not_taken_as_done(trained, tmp_path):
     path, cfg = trained
     raw = yaml.safe_load(Path(path).read_text())
-    raw["model"]["action_expert"]["layers"] = 2  # another model than the one whose weights are on disk
+    raw["model"]["coupling"]["head"]["layers"] = 2  # another model than the one whose weights are on disk
     changed = write_config(raw, tmp_path / "changed.yaml")
     proc = wamforge("train", changed, "--resume", stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=600)

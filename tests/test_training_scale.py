@@ -21,7 +21,7 @@ from tests.runs import one_stage_config, wait_for, wamforge
 from wamforge.config import validate
 from wamforge.config.paths import RunPaths
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
-from wamforge.model_zoo.wam import WorldActionModel
+from wamforge.model_zoo.build import build_model
 from wamforge.training.engine import lr_lambda
 from wamforge.training.metrics import read_jsonl
 from wamforge.training.stages import load_initial_weights
@@ -37,7 +37,7 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
     """What every rank builds before training (the trainer seeds with cfg.seed)."""
     torch.manual_seed(cfg.seed)
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
-    return WorldActionModel.for_experiment(cfg, len(registry)).state_dict()
+    return build_model(cfg, len(registry)).state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_init_keys_map_a_checkpoint_and_report_what_loaded(built, tmp_path):
     stage = cfg.stages[0].model_copy(update={"init_from": str(tmp_path / "other.safetensors"),
                                              "init_keys": {r"^model\.": ""}, "init_strict": False})
     torch.manual_seed(1)
-    model = WorldActionModel.for_experiment(cfg, len(EmbodimentRegistry.from_yaml(cfg.embodiments)))
+    model = build_model(cfg, len(EmbodimentRegistry.from_yaml(cfg.embodiments)))
     report = load_initial_weights(model, stage, cfg, RunPaths.of(cfg))
     assert report.dropped == ["extra.bias"] and report.new == sorted(k for k in state if k.startswith("action_expert."))
     assert len(report.loaded) == len(saved) - 1 and len(report.renamed) == len(saved)
@@ -159,7 +159,7 @@ def _sequence_parallel_rank(rank: int, port: int, out: dict) -> None:
     import deepspeed
 
     from wamforge.training.parallel.sequence_parallel import SequenceShard
-    from wamforge.model_zoo.trunks import WanDiT
+    from wamforge.model_zoo.trunks.wan.model import WanDiT
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     deepspeed.init_distributed("gloo", auto_mpi_discovery=False, verbose=False, rank=rank, world_size=2)
@@ -213,9 +213,9 @@ def _partitioned_build_rank(rank: int, port: int, root: str, out: dict) -> None:
     cfg = validate(raw)
     embodiments = len(EmbodimentRegistry.from_yaml(cfg.embodiments))
     torch.manual_seed(cfg.seed)
-    plain = WorldActionModel.for_experiment(cfg, embodiments).state_dict()
+    plain = build_model(cfg, embodiments).state_dict()
     torch.manual_seed(cfg.seed)
-    model = WorldActionModel.for_experiment(cfg, embodiments, partitioned=partitioned_init(cfg.training, 2))
+    model = build_model(cfg, embodiments, partitioned=partitioned_init(cfg.training, 2))
     params = dict(model.named_parameters())
 
     def assert_holds(expected: dict[str, torch.Tensor]) -> None:

@@ -9,7 +9,7 @@ import webdataset as wds
 from tests.conftest import tiny_config
 from wamforge.config import validate
 from wamforge.config.paths import RunPaths
-from wamforge.config.schema import DataConfig
+from wamforge.config.data import DataConfig
 from wamforge.data_pipeline.build.pipeline import build_dataset
 from wamforge.data_pipeline.build.shard_writer import clip_windows, window_starts
 from wamforge.data_pipeline.loader import MixtureLoader
@@ -18,7 +18,8 @@ from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_tensor
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.vae import encode_views, make_vae
-from wamforge.model_zoo.wam import WorldActionModel
+from wamforge.model_zoo.build import build_model
+from wamforge.model_zoo.inference import Inference
 from wamforge.training.policy import Policy
 
 LENGTH = 30
@@ -123,7 +124,7 @@ def test_encoder_caches_are_built_by_actors_and_served_instead_of_pixels(tmp_pat
     pixel_batch = next(iter(MixtureLoader(data, cfg.stages[0], stale, rank=0, world=1, batch_size=3, seed=0)))[0]
     assert pixel_batch.latents is None and pixel_batch.keys == batch.keys
 
-    model = WorldActionModel.for_experiment(cfg, len(registry))
+    model = build_model(cfg, len(registry))
     torch.manual_seed(0)
     from_latents = model.loss(batch, "video", {})["loss"]
     torch.manual_seed(0)
@@ -136,10 +137,10 @@ def test_past_context_frames_are_clean_conditioning(tmp_path):
     raw["data"]["context_frames"] = 4
     cfg = validate(raw)
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
-    model = WorldActionModel.for_experiment(cfg, len(registry))
+    model = build_model(cfg, len(registry))
     assert (model.latent_frames, model.clean_latents) == (3, 2)
 
-    policy = Policy(model, cfg, registry, stats={}, device=torch.device("cpu"), flow_steps=2)
+    policy = Policy(model, cfg, registry, stats={}, device=torch.device("cpu"), inference=Inference(action_steps=2))
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
     policy.reset()

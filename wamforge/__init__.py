@@ -3,11 +3,11 @@
 __version__ = "0.1.0"
 
 
-def load_policy(directory, device=None, flow_steps=None):
+def load_policy(directory, device=None, inference=None):
     """Load an exported policy (no DeepSpeed needed); see wamforge.training.policy."""
     from wamforge.training.policy import load_policy as _load
 
-    return _load(directory, device=device, flow_steps=flow_steps)
+    return _load(directory, device=device, inference=inference)
 
 
 __all__ = ["load_policy", "__version__"]

@@ -21,7 +21,7 @@ console = Console()
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if not hasattr(args, "config"):  # jobs: about a job, not an experiment
+        if not hasattr(args, "config"):  # jobs, recipes, census: not about one experiment
             return args.func(args) or 0
         config = Path(args.config)
         if config.is_dir():  # a run directory: the resolved config training saved there
@@ -204,6 +204,27 @@ def cmd_submit_ray(cfg: ExperimentConfig, args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    """The recipes: paper, philosophy, the 4-tuple each builds, and whether it is its census row's."""
+    from wamforge.config.recipes import recipe_rows
+    from wamforge.model_zoo.census import recipes_table
+
+    Console(width=max(console.width, 200)).print(recipes_table(recipe_rows()))
+    return 0
+
+
+def cmd_census(args) -> int:
+    """The survey's census 4-tuples, each marked constructible (by which recipes) or not."""
+    from wamforge.config.recipes import recipe_rows
+    from wamforge.model_zoo.census import census_table, load_census
+
+    constructible: dict[tuple, list[str]] = {}
+    for row in recipe_rows():
+        constructible.setdefault(row["design"], []).append(row["name"])
+    Console(width=max(console.width, 200)).print(census_table(load_census(), constructible))
+    return 0
+
+
 def cmd_jobs(args) -> int:
     """status | logs | cancel of `slurm:ID` or `ray:ID`."""
     backend, _, _ = args.job.partition(":")
@@ -263,7 +284,9 @@ def _evaluate(cfg: ExperimentConfig, policy_dir: Path) -> dict:
     from wamforge import load_policy
 
     source = cfg.data.sources[cfg.eval.source]
-    return evaluate(load_policy(policy_dir), cfg.eval, resolution=tuple(cfg.data.resolution),
+    # the knobs of this command's config (and its --set), not those the export was made with
+    return evaluate(load_policy(policy_dir, inference=cfg.eval.inference()), cfg.eval,
+                    resolution=tuple(cfg.data.resolution),
                     camera=source.camera, out_dir=RunPaths.of(cfg).eval)
 
 
@@ -352,6 +375,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", default=None, help="train only this stage (repeatable)")
     p.add_argument("--build", action="store_true", help="build the data first even if it exists")
     p.add_argument("--ship-code", action="store_true", help="upload this checkout's wamforge package")
+
+    sub.add_parser("recipes", help="the published WAMs wamforge builds, with their census 4-tuples").set_defaults(
+        func=cmd_recipes)
+    sub.add_parser("census", help="the survey's 44 census 4-tuples, marked constructible or not").set_defaults(
+        func=cmd_census)
 
     p = sub.add_parser("jobs", help="status, logs or cancel of a submitted job")
     p.add_argument("action", choices=["status", "logs", "cancel"])

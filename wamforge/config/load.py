@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from wamforge.config.schema import ExperimentConfig
+from wamforge.config.experiment import ExperimentConfig
+from wamforge.config.recipes import lay_recipe
 
 
 class ConfigError(ValueError):
@@ -34,15 +35,34 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 
 def validate(raw: dict, source: str | Path = "<config>") -> ExperimentConfig:
     try:
+        if isinstance(raw.get("model"), dict) and raw["model"].get("recipe"):
+            raw = {**raw, "model": lay_recipe(raw["model"])}
         return ExperimentConfig.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(first["loc"])
-        where = _dotted(loc) or "(top level)"
-        if first["type"] == "extra_forbidden":
-            hint = _nearest(loc)
-            raise ConfigError(f"{source}: unknown key '{where}'{hint}") from None
-        raise ConfigError(f"{source}: invalid value at '{where}': {first['msg']}.") from None
+    except ValueError as err:
+        if not isinstance(err, ValidationError):  # an unknown recipe
+            raise ConfigError(f"{source}: {err}.") from None
+        return _explain(err, source)
+
+
+def _explain(err: ValidationError, source) -> ExperimentConfig:
+    """One sentence: the file, the key path, and what is wrong there."""
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
+    where = _dotted(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        raise ConfigError(f"{source}: unknown key '{where}'{_nearest(tuple(first['loc']))}") from None
+    raise ConfigError(f"{source}: invalid value at '{where}': {first['msg']}.") from None
+
+
+def _is_union_tag(part) -> bool:
+    """pydantic puts the chosen member's kind in the error path (model.coupling.joint_generation.x)."""
+    return isinstance(part, str) and ("." in part or part in _union_tags())
+
+
+def _union_tags() -> set[str]:
+    from wamforge.model_zoo import backbones, couplings, heads, regimes, substrates, trunks, vae
+
+    return {k for registry in (backbones, couplings, heads, regimes, substrates, trunks, vae) for k in registry.REGISTRY}
 
 
 def apply_override(raw: dict, item: str, source: Path | str = "--set") -> None:
@@ -73,24 +93,30 @@ def _dotted(loc: tuple) -> str:
 def _nearest(loc: tuple) -> str:
     """Suggest the closest valid field name for a misspelt key."""
     model: type[BaseModel] | None = ExperimentConfig
+    annotation = None
     for part in loc[:-1]:
         if model is None:
             return "."
+        if isinstance(part, str) and annotation is not None and _is_union_tag(part):
+            model = _inner_model(annotation, kind=part)  # the union member the error is about
+            continue
         if isinstance(part, int) or part not in model.model_fields:
             # list index or dict key: keep the same model for list items / dict values
             continue
-        model = _inner_model(model.model_fields[part].annotation)
+        annotation = model.model_fields[part].annotation
+        model = _inner_model(annotation)
     if model is None:
         return "."
     match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys are {', '.join(model.model_fields)}."
 
 
-def _inner_model(annotation) -> type[BaseModel] | None:
+def _inner_model(annotation, kind: str | None = None) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        field = annotation.model_fields.get("kind")
+        return annotation if kind is None or (field is not None and field.default == kind) else None
     for arg in getattr(annotation, "__args__", ()) or ():
-        found = _inner_model(arg)
+        found = _inner_model(arg, kind)
         if found is not None:
             return found
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wamforge.config.schema import ExperimentConfig
+from wamforge.config.experiment import ExperimentConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from wamforge.config.schema import ExperimentConfig
+from wamforge.config.experiment import ExperimentConfig
 
 
 def _precision(value: str):

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from wamforge.config.paths import RunPaths
-from wamforge.config.schema import ExperimentConfig
+from wamforge.config.experiment import ExperimentConfig
 from wamforge.training.preemption import PREEMPTED_EXIT
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from wamforge.config.schema import StageConfig, TrainingConfig
+from wamforge.config.stages import StageConfig
+from wamforge.config.training import TrainingConfig
 
 
 def resolve_precision(training: TrainingConfig) -> str:

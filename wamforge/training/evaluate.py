@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import resource
 import sys
-import time
-from collections import deque
 from pathlib import Path
 from typing import Protocol
 
@@ -18,8 +16,9 @@ import torch
 from matplotlib.figure import Figure
 from rich.progress import Progress
 
-from wamforge.config.schema import EvalConfig
+from wamforge.config.evaluation import EvalConfig
 from wamforge.data_pipeline.sources import metaworld_env as mw
+from wamforge.model_zoo.regimes.chunked import ChunkedControl
 
 
 class ChunkPolicy(Protocol):
@@ -47,31 +46,23 @@ class _Random:
 
 
 class _Chunked:
-    """Executes the first `execute_steps` actions of each predicted chunk, then re-plans."""
+    """The chunked regime's control loop, fed Meta-World observations."""
 
     def __init__(self, policy: ChunkPolicy, execute_steps: int):
         self.policy, self.execute_steps = policy, execute_steps
-        self.latencies_ms: list[float] = []
+        self.control = None
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return self.control.latencies_ms if self.control else []
 
     def start(self, env, task: str, seed: int) -> None:
-        self.instruction = mw.instruction(task)
-        self.queue: deque[np.ndarray] = deque()
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
+        if self.control is None:
+            self.control = ChunkedControl(self.policy, self.execute_steps, env.action_space.shape[0])
+        self.control.reset(mw.instruction(task))
 
     def action(self, env, obs: np.ndarray) -> np.ndarray:
-        if self.queue and getattr(self.policy, "needs_history", False):
-            self.policy.observe({"image": mw.render(env)[None]})  # past context for the next chunk
-        if not self.queue:
-            observation = {"image": mw.render(env)[None], "proprio": mw.proprio(obs)}
-            start = time.perf_counter()
-            chunk = np.asarray(self.policy.act(observation, self.instruction), dtype=np.float32)
-            self.latencies_ms.append(1000 * (time.perf_counter() - start))
-            action_dim = env.action_space.shape[0]
-            if chunk.ndim != 2 or chunk.shape[1] != action_dim or len(chunk) == 0:
-                raise ValueError(f"policy.act must return actions [H, {action_dim}], got {chunk.shape}")
-            self.queue.extend(chunk[: self.execute_steps])
-        return self.queue.popleft()
+        return self.control.step(lambda: {"image": mw.render(env)[None], "proprio": mw.proprio(obs)})
 
 
 def evaluate(policy: ChunkPolicy | None, cfg: EvalConfig, resolution: tuple[int, int] = (64, 64),
@@ -107,6 +98,7 @@ def evaluate(policy: ChunkPolicy | None, cfg: EvalConfig, resolution: tuple[int,
         "tasks": cfg.tasks,
         "seeds": seeds,
         "execute_steps": cfg.execute_steps,
+        "inference": cfg.inference().as_dict(),  # the controller's knobs the policy ran with
         "camera": camera,
         "resolution": list(resolution),
         "config": cfg.model_dump(mode="json"),

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from wamforge.config.paths import RunPaths
-from wamforge.config.schema import ExperimentConfig
+from wamforge.config.experiment import ExperimentConfig
 from wamforge.data_pipeline.loader.collate import stats_hash
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.training.metrics import stage_summary
@@ -63,16 +63,21 @@ def _save_cast(source: Path, target: Path, dtype: torch.dtype) -> None:
 
 
 def model_card(cfg: ExperimentConfig, paths: RunPaths, stage: str) -> str:
+    from wamforge.model_zoo.build import design
+
     m = cfg.model
+    substrate, backbone, coupling, regime = design(m)
+    trunk = f"{m.trunk.kind} trunk" + (f" {m.trunk.size}" if m.trunk.size else f", {m.trunk.layers} blocks of dim {m.trunk.dim}")
     manifest_path = paths.data / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"sources": {}}
     lines = [f"# {cfg.name}", "",
              "A World Action Model trained with wamforge. Load it with `wamforge.load_policy(dir)`; "
              "`policy.act(observation, instruction)` returns an action chunk in the embodiment's raw units.", "",
-             "## Design (substrate, coupling, backbone, regime)", "",
-             f"- substrate: `{m.substrate}`", f"- coupling: `{m.coupling}`", f"- backbone: `{m.backbone}` "
-             f"(Wan-class DiT, {m.trunk.layers} layers, dim {m.trunk.dim}; action expert taps block {m.trunk.tap_layer})",
-             f"- regime: `{m.regime}` (chunk H = {m.action_expert.horizon})", "",
+             "## Design: the survey's 4-tuple", "",
+             *([f"Recipe: `{m.recipe}`.", ""] if m.recipe else []),
+             f"- substrate: {substrate} (`{m.substrate.kind}`)", f"- backbone: {backbone} (`{m.backbone.kind}`, {trunk})",
+             f"- coupling: {coupling} (`{m.coupling.kind}`)", f"- regime: {regime} (`{m.regime.kind}`, "
+             f"chunk H = {m.regime.horizon})", "",
              "## Stages", "", "| stage | objective | steps | first loss | last loss |", "|---|---|---|---|---|"]
     for s in cfg.stages:
         metrics = paths.stage(s.name) / "metrics.jsonl"

@@ -32,11 +32,13 @@ class Plan:
 
 
 def plan(shape: WanSize, frames: int, resolution: tuple[int, int], world_size: int, gpus_per_node: int = 8,
-         text_tokens: int = 512, micro_batch: int = 1) -> Plan:
+         text_tokens: int = 512, micro_batch: int = 1, build=None) -> Plan:
+    """`shape` gives the trunk's FLOPs and activations; `build` (default: the shape's trunk) the
+    module whose parameters are counted, e.g. the whole WAM with its heads."""
     with torch.device("meta"):  # shapes only, nothing allocated
-        trunk = shape.build()
-    params = sum(p.numel() for p in trunk.parameters())
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in trunk.modules())
+        model = (build or shape.build)()
+    params = sum(p.numel() for p in model.parameters())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 
     t_stride, h_stride, w_stride = shape.vae_stride
     latent = (1 + (frames - 1) // t_stride, resolution[0] // h_stride, resolution[1] // w_stride)
@@ -80,11 +82,18 @@ def plan(shape: WanSize, frames: int, resolution: tuple[int, int], world_size: i
 
 
 def experiment_plan(cfg, world_size: int | None = None) -> Plan:
-    """The plan of an experiment's own trunk at its resolution, frames and micro-batch."""
-    from wamforge.model_zoo.trunks.wan.sizes import WanSize
+    """The plan of an experiment's own model at its resolution, frames and micro-batch: parameters of
+    the whole WAM as `build_model` makes it, FLOPs and activations of its trunk (Wan and Cosmos
+    blocks alike: self-attention, cross-attention to the text, FFN)."""
+    from wamforge.model_zoo.build import build_model
+    from wamforge.model_zoo.vae import latent_geometry
 
-    m, s = cfg.model, cfg.model.vae.spatial
-    shape = WanSize(m.trunk.dim, m.trunk.ffn_dim, m.trunk.layers, m.trunk.heads, in_channels=3 * s * s,
-                    text_dim=m.text.dim, patch=m.trunk.patch, vae_stride=(m.vae.temporal, s, s))
+    m = cfg.model
+    channels, temporal, spatial = latent_geometry(m.vae)
+    trunk = m.trunk
+    ffn = trunk.ffn_dim if trunk.kind == "wan" else int(trunk.mlp_ratio * trunk.dim)
+    shape = WanSize(trunk.dim, ffn, trunk.layers, trunk.heads, in_channels=channels,
+                    text_dim=m.text.dim, patch=trunk.patch, vae_stride=(temporal, spatial, spatial))
     return plan(shape, cfg.data.clip_frames, tuple(cfg.data.resolution), world_size or cfg.training.world_size,
-                text_tokens=m.text.max_tokens, micro_batch=cfg.training.micro_batch_per_rank)
+                text_tokens=m.text.max_tokens, micro_batch=cfg.training.micro_batch_per_rank,
+                build=lambda: build_model(cfg, num_embodiments=1))

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from wamforge.config.paths import RunPaths  # noqa: E402
-from wamforge.config.schema import ExperimentConfig  # noqa: E402
+from wamforge.config.experiment import ExperimentConfig  # noqa: E402
 from wamforge.training.metrics import read_jsonl  # noqa: E402
 
 

@@ -13,15 +13,17 @@ from wamforge.config import validate
 from wamforge.data_pipeline.loader.collate import Normalizer, stats_hash
 from wamforge.data_pipeline.video import resize_center_crop, video_to_tensor
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
+from wamforge.model_zoo.build import build_model
+from wamforge.model_zoo.inference import Inference
 from wamforge.model_zoo.wam import WorldActionModel
 
 
 class Policy:
     def __init__(self, model: WorldActionModel, cfg, registry: EmbodimentRegistry, stats: dict,
-                 device: torch.device, flow_steps: int):
+                 device: torch.device, inference: Inference):
         self.model, self.cfg, self.registry = model.eval(), cfg, registry
         self.normalizer = Normalizer(stats, registry, cfg.model.normalization)
-        self.device, self.flow_steps = device, flow_steps
+        self.device, self.inference = device, inference
         self.resolution = tuple(cfg.data.resolution)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         # past context as in training: every frame_stride-th step back from the current frame
@@ -43,11 +45,13 @@ class Policy:
 
     @property
     def horizon(self) -> int:
-        return self.cfg.model.action_expert.horizon
+        return self.model.capabilities.horizon
 
     @torch.no_grad()
-    def act(self, observation: dict, instruction: str, embodiment: str | None = None) -> np.ndarray:
-        """observation = {"image": uint8 [V,H,W,3] or [H,W,3], "proprio": float [P]} -> [H, A] raw units."""
+    def act(self, observation: dict, instruction: str, embodiment: str | None = None,
+            inference: Inference | None = None) -> np.ndarray:
+        """observation = {"image": uint8 [V,H,W,3] or [H,W,3], "proprio": float [P]} -> [H, A] raw units.
+        `inference` overrides the policy's knobs (steps, render the future, guidance) for this call."""
         emb = self.registry[embodiment or self.cfg.eval.embodiment]
         self.observe(observation)
         last = len(self.history) - 1
@@ -63,7 +67,7 @@ class Policy:
             proprio_mask[: len(raw)] = True
         actions = self.model.sample_actions(
             video, torch.from_numpy(proprio)[None].to(self.device), torch.from_numpy(proprio_mask)[None].to(self.device),
-            torch.tensor([emb.id], device=self.device), [instruction], steps=self.flow_steps,
+            torch.tensor([emb.id], device=self.device), [instruction], inference=inference or self.inference,
             generator=self.generator)
         chunk = actions[0, :, : emb.action_dim].float().cpu().numpy()
         chunk = self.normalizer.denormalize(emb.name, "actions", chunk)
@@ -72,7 +76,9 @@ class Policy:
         return chunk.astype(np.float32)
 
 
-def load_policy(directory: str | Path, device: str | None = None, flow_steps: int | None = None) -> Policy:
+def load_policy(directory: str | Path, device: str | None = None, inference: Inference | None = None) -> Policy:
+    """An exported run as a Policy; `inference` (default: the run's eval knobs) sets its steps,
+    render-the-future and guidance."""
     directory = Path(directory)
     meta = json.loads((directory / "config.json").read_text())
     cfg = validate(meta["experiment"], directory / "config.json")
@@ -82,11 +88,11 @@ def load_policy(directory: str | Path, device: str | None = None, flow_steps: in
         raise ValueError(f"{directory / 'stats.json'} is not the statistics this policy was trained with "
                          f"(hash {stats_hash(stats)}, expected {meta['stats_hash']}); re-export the run")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = WorldActionModel.for_experiment(cfg, len(registry))
+    model = build_model(cfg, len(registry))
     weights, own = load_file(str(directory / "model.safetensors")), model.state_dict()
     misfit = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
     if misfit or set(weights) - set(own):
         raise ValueError(f"{directory / 'model.safetensors'} does not fit the model its config.json describes "
                          f"(first misfit: {(misfit or sorted(set(weights) - set(own)))[0]}); export the run again")
     model.load_state_dict(weights)
-    return Policy(model.to(dev), cfg, registry, stats, dev, flow_steps or cfg.eval.flow_steps)
+    return Policy(model.to(dev), cfg, registry, stats, dev, inference or cfg.eval.inference())

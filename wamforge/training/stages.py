@@ -10,7 +10,8 @@ import torch
 from safetensors import safe_open
 
 from wamforge.config.paths import RunPaths
-from wamforge.config.schema import ExperimentConfig, StageConfig
+from wamforge.config.experiment import ExperimentConfig
+from wamforge.config.stages import StageConfig
 from wamforge.model_zoo.common.partitions import full_shape, whole
 
 

@@ -17,12 +17,13 @@ from safetensors import safe_open
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from wamforge.config.paths import RunPaths
-from wamforge.config.schema import ExperimentConfig, StageConfig
+from wamforge.config.experiment import ExperimentConfig
+from wamforge.config.stages import StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
-from wamforge.model_zoo.vae import make_vae
-from wamforge.model_zoo.wam import WorldActionModel
+from wamforge.model_zoo.build import build_model
+from wamforge.model_zoo.vae import cache_id
 from wamforge.training.parallel.lora import adapters_only, apply_lora, merge_lora
 from wamforge.training.parallel.sequence_parallel import SequenceShard, sequence_groups
 from wamforge.training import checkpoint
@@ -73,8 +74,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
     stats = json.loads((paths.data / "stats.json").read_text())
     collator = Collator(Normalizer(stats, registry, cfg.model.normalization), registry,
                         source_ids={n: i for i, n in enumerate(cfg.data.sources)},
-                        horizon=cfg.model.action_expert.horizon, max_action_dim=cfg.model.max_action_dim,
-                        max_proprio_dim=cfg.model.max_proprio_dim, latents=make_vae(cfg.model.vae).cache_id)
+                        horizon=cfg.model.regime.horizon, max_action_dim=cfg.model.max_action_dim,
+                        max_proprio_dim=cfg.model.max_proprio_dim, latents=cache_id(cfg.model.vae))
     console = Console(stderr=True)
     stop = StopRequest().install()  # SIGTERM / SIGUSR1: checkpoint at the next step, then exit
     summaries = []
@@ -116,8 +117,8 @@ class StageRunner:
                                  f"or --overwrite to start the stage again")
 
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        model = WorldActionModel.for_experiment(self.cfg, len(self.registry), partitioned=partitioned_init(
-            self.cfg.training, self.dist.world_size))
+        model = build_model(self.cfg, len(self.registry),
+                            partitioned=partitioned_init(self.cfg.training, self.dist.world_size))
         report = load_initial_weights(model, self.stage, self.cfg, self.paths)
         if self.stage.lora:
             apply_lora(model, self.stage.lora)
@@ -236,7 +237,7 @@ class StageRunner:
                     engine.step()
                     if self.ema is not None and (micro + 1) % accum == 0:  # the optimizer stepped
                         self.ema.update()
-                    window.add(out, batch, engine.module.video_tokens(batch), engine.module.horizon)
+                    window.add(out, batch, engine.module.video_tokens(batch), engine.module.capabilities.horizon)
                     nonfinite_run = 0
                 else:  # skipped on every rank alike: no update, and the LR schedule does not advance
                     nonfinite, nonfinite_run = nonfinite + 1, nonfinite_run + 1

@@ -27,9 +27,10 @@ class EncoderActor:
     def __init__(self, kind: str, vae_cfg: dict | None = None, teacher: str | None = None):
         self.kind, self.device = kind, torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if kind == "vae":
-            from wamforge.config.schema import VAEConfig
-            from wamforge.model_zoo.vae import make_vae
-            self.encoder = make_vae(VAEConfig.model_validate(vae_cfg)).to(self.device)
+            from pydantic import TypeAdapter
+
+            from wamforge.model_zoo.vae import VAEConfig, make_vae
+            self.encoder = make_vae(TypeAdapter(VAEConfig).validate_python(vae_cfg)).to(self.device)
         else:
             from wamforge.model_zoo.encoders.teacher import VisionTeacher
             self.encoder = VisionTeacher(teacher).to(self.device)
@@ -67,8 +68,8 @@ class EncoderActor:
 
 def cache_id(kind: str, cfg) -> str:
     if kind == "vae":
-        from wamforge.model_zoo.vae import make_vae
-        return make_vae(cfg.model.vae).cache_id
+        from wamforge.model_zoo.vae import cache_id as vae_cache_id
+        return vae_cache_id(cfg.model.vae)
     from wamforge.model_zoo.encoders.teacher import teacher_id
     return teacher_id(cfg.data.teacher)
 

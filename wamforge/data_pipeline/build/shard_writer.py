@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import SCHEMA_VERSION, Episode, sample_key
 from wamforge.data_pipeline.sources import make_source
 from wamforge.data_pipeline.sources.clips import Rejected

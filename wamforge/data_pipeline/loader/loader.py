@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from wamforge.config.schema import StageConfig
+from wamforge.config.stages import StageConfig
 from wamforge.data_pipeline.loader.collate import Collator
 from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at
 from wamforge.data_pipeline.loader.shard_stream import ShardStream, remap

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wamforge.config.schema import MixtureConfig
+from wamforge.config.stages import MixtureConfig
 
 
 def weights_at(mixture: MixtureConfig, step: int, sizes: dict[str, int] | None = None) -> dict[str, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 
 ADAPTERS = {
     "metaworld": "wamforge.data_pipeline.sources.metaworld:MetaWorldSource",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.sources.clips import Rejected, reject_reason
 from wamforge.data_pipeline.sources.video_folder import VIDEO_SUFFIXES, read_listing, read_spec_video

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.video import read_video_file, resample_indices, resize_center_crop
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.sources import metaworld_env as mw
 

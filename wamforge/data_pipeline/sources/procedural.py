@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wamforge.config.schema import ProceduralVideo
+from wamforge.config.data import ProceduralVideo
 from wamforge.data_pipeline.video import encode_mp4
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}

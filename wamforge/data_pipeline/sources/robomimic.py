@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.video import resample_indices, resize_center_crop
 

@@ -12,7 +12,7 @@ import json
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from wamforge.config.schema import DataConfig, SourceConfig
+from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
 from wamforge.data_pipeline.sources.clips import Rejected, histogram_cuts, reject_reason, split_points
 from wamforge.data_pipeline.video import read_video_file, resample_fps, resize_center_crop

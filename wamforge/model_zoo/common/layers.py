@@ -4,6 +4,9 @@ attention and the AdaLN transformer block.
 Parameter names follow diffusers' Wan modules (attn1.to_q, ffn.net.0.proj, scale_shift_table), so
 the Wan trunk built from them loads official weights one to one. Modulation, norms and the time
 embedding run in fp32 even when the rest runs in bf16, as in Wan.
+
+Self-attention optionally takes a `LayerCache` (keys and values of earlier tokens, kept by
+`trunks/kv_cache.py` for interactive inference); without one the layers behave exactly as before.
 """
 from __future__ import annotations
 
@@ -76,12 +79,50 @@ def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> 
     return rotated.flatten(-2).type_as(x)
 
 
+class LayerCache:
+    """Keys and values of one self-attention layer for the tokens cached so far.
+
+    k, v are [B, heads, L_cached, head_dim], taken after the q/k norm and RoPE, so cached tokens keep
+    the positions they were computed at. In write mode `extend` stores the new tokens' k/v; in read
+    mode (write=False, e.g. the denoising steps of a chunk that is not final yet) it only reads.
+    """
+
+    def __init__(self, write: bool = True):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.write = write
+
+    @property
+    def tokens(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """New k, v [B, heads, L_new, d] -> (cached + new) k, v; stored when in write mode."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        if self.write:
+            self.k, self.v = k, v
+        return k, v
+
+    def truncate(self, tokens: int) -> None:
+        """Keep the first `tokens` cached tokens (drop later ones, e.g. a predicted frame)."""
+        if not 0 <= tokens <= self.tokens:
+            raise ValueError(f"cannot truncate a cache of {self.tokens} tokens to {tokens}")
+        if tokens == 0:
+            self.k = self.v = None
+        else:  # clone: a view would pin the dropped tail's memory
+            self.k, self.v = self.k[:, :, :tokens].clone(), self.v[:, :, :tokens].clone()
+
+
 class Attention(nn.Module):
     """Self- or cross-attention; q/k RMSNorm spans all heads, as in Wan.
 
     With image_kv=True (I2V cross-attention) the queries also attend, separately and unmasked, to
     image tokens through add_k_proj / add_v_proj / norm_added_k (Wan's k_img, v_img, norm_k_img);
     the two attention outputs are summed before to_out.
+
+    With kv_cache (self-attention only) the queries attend to the cached keys/values followed by
+    the new ones; attn_mask, if given, must then span all of them ([L_new, L_cached + L_new]).
     """
 
     def __init__(self, dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6, image_kv: bool = False):
@@ -101,12 +142,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rotary=None,
                 context_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                image_context: torch.Tensor | None = None) -> torch.Tensor:
+                image_context: torch.Tensor | None = None, kv_cache: LayerCache | None = None) -> torch.Tensor:
+        if kv_cache is not None and (context is not None or self.sequence_shard is not None):
+            raise ValueError("kv_cache serves unsharded self-attention only")
         context = x if context is None else context
         q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(context)), self.to_v(context)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        if kv_cache is not None:  # rotary covers the new tokens only; cached keys are already rotated
+            k, v = kv_cache.extend(k, v)
         if self.sequence_shard is not None and context is x:
             out = self.sequence_shard.self_attention(q, k, v, attn_mask=attn_mask)
         else:
@@ -156,14 +201,16 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, timestep_proj: torch.Tensor,
                 rotary=None, context_mask: torch.Tensor | None = None,
                 self_attn_mask: torch.Tensor | None = None,
-                image_context: torch.Tensor | None = None) -> torch.Tensor:
+                image_context: torch.Tensor | None = None, kv_cache: LayerCache | None = None) -> torch.Tensor:
         """x [B, L, dim]; timestep_proj [B, L or 1, 6, dim] (per token or broadcast over tokens);
-        image_context [B, L_img, dim] (embedded image tokens, I2V blocks only)."""
+        image_context [B, L_img, dim] (embedded image tokens, I2V blocks only); kv_cache: the
+        self-attention's cache of earlier tokens (then self_attn_mask spans cached + new keys)."""
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table.float() + timestep_proj.float()).unbind(dim=2)
 
         h = (self.norm1(x) * (1 + scale_msa) + shift_msa).type_as(x)
-        x = (x.float() + self.attn1(h, rotary=rotary, attn_mask=self_attn_mask).float() * gate_msa).type_as(x)
+        attn = self.attn1(h, rotary=rotary, attn_mask=self_attn_mask, kv_cache=kv_cache)
+        x = (x.float() + attn.float() * gate_msa).type_as(x)
 
         x = x + self.attn2(self.norm2(x).type_as(x), context, context_mask=context_mask, image_context=image_context)
 

@@ -1,4 +1,17 @@
-from wamforge.model_zoo.heads.action_expert import ActionExpert
-from wamforge.model_zoo.heads.embodiment_bank import EmbodimentBank
+"""Action heads (§4.3.4): the networks that turn a substrate into an action chunk, registered by
+`kind`, and the per-embodiment weight bank every action passes through."""
+from __future__ import annotations
 
-__all__ = ["ActionExpert", "EmbodimentBank"]
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from wamforge.model_zoo.heads.action_expert import ActionExpert, ActionExpertConfig
+from wamforge.model_zoo.heads.embodiment_bank import EmbodimentBank
+from wamforge.model_zoo.heads.layerwise_expert import LayerwiseActionExpert, LayerwiseExpertConfig
+
+HeadConfig = Annotated[Union[ActionExpertConfig, LayerwiseExpertConfig], Field(discriminator="kind")]
+REGISTRY = {"cross_attention": ActionExpert, "layerwise": LayerwiseActionExpert}
+
+__all__ = ["ActionExpert", "ActionExpertConfig", "EmbodimentBank", "HeadConfig", "LayerwiseActionExpert",
+           "LayerwiseExpertConfig", "REGISTRY"]

@@ -1,27 +1,36 @@
-"""Flow-matching action expert that reads a video trunk's intermediate features.
+"""A flow-matching action expert that cross-attends one context: a post-prediction head (§4.3.3).
 
-The survey's latent-only feature tap (Fast-WAM, mimic-video): the trunk runs once up to its tap
-layer, and this small transformer denoises an action chunk by cross-attending to those cached
-features, so predicting actions never requires generating video.
+The context is whatever the substrate hands it: tapped trunk features (mimic-video's decoder reading
+a mid-layer at noise tau, VPP) or the predicted future latents (DiT4DiT). The trunk runs once; this
+small transformer then denoises the action chunk over the cached context, step after step.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
-from wamforge.config.schema import ActionExpertConfig
+from wamforge.config.base import Strict
 from wamforge.model_zoo.common.partitions import whole
 from wamforge.model_zoo.common.layers import (FREQ_DIM, FP32LayerNorm, FP32Linear, TimestepEmbedding,
                                              TransformerBlock)
 
 
+class ActionExpertConfig(Strict):
+    kind: Literal["cross_attention"] = "cross_attention"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+
+
 class ActionExpert(nn.Module):
     """Tokens: H action tokens + 1 proprio token, each block AdaLN'd by the action timestep."""
 
-    def __init__(self, cfg: ActionExpertConfig, context_dim: int, eps: float = 1e-6):
+    def __init__(self, cfg: ActionExpertConfig, context_dim: int, horizon: int, eps: float = 1e-6):
         super().__init__()
         dim = cfg.dim
-        self.position_embedding = nn.Parameter(torch.randn(1, cfg.horizon + 1, dim) * 0.02)  # last row: proprio
+        self.position_embedding = nn.Parameter(torch.randn(1, horizon + 1, dim) * 0.02)  # last row: proprio
         self.time_embedder = TimestepEmbedding(FREQ_DIM, dim)
         self.act_fn = nn.SiLU()
         self.time_proj = FP32Linear(dim, 6 * dim)

@@ -7,12 +7,26 @@ causality of the real thing at zero cost.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wamforge.config.base import Strict
+
+
+class PatchifyVAEConfig(Strict):
+    kind: Literal["patchify"] = "patchify"
+    spatial: int = 4
+    temporal: int = 4
+
 
 class PatchifyVAE(nn.Module):
+    @classmethod
+    def from_config(cls, cfg: PatchifyVAEConfig) -> "PatchifyVAE":
+        return cls(cfg.spatial, cfg.temporal)
+
     def __init__(self, spatial: int = 4, temporal: int = 4):
         super().__init__()
         self.spatial_stride = spatial

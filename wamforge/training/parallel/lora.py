@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wamforge.config.schema import LoRAConfig
+from wamforge.config.stages import LoRAConfig
 
 LORA_PARAMS = ("lora_A", "lora_B")
 

@@ -320,6 +320,29 @@ class CosmosDiT(nn.Module):
         """
         if stop_at_tap and tap_layer is None:
             raise ValueError("stop_at_tap needs a tap_layer")
+        taps = () if tap_layer is None else (tap_layer,)
+        x, tapped = self._run(hidden_states, timestep, encoder_hidden_states, condition_mask, padding_mask, fps,
+                              text_mask, taps, stop_at=tap_layer if stop_at_tap else None)
+        return x, tapped.get(tap_layer)
+
+    @property
+    def dim(self) -> int:
+        return self.patch_embed.proj.out_features
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer_blocks)
+
+    def predict(self, latents: torch.Tensor, frame_t: torch.Tensor, text_emb: torch.Tensor,
+                text_mask: torch.Tensor | None = None, taps: tuple[int, ...] = (), stop_at: int | None = None,
+                ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """The trunk as the couplings see it: flow time per latent frame frame_t [B, F] in [0, 1]
+        (Cosmos' own scale: the pipelines pass sigma / (sigma + 1), which is the rectified-flow time)
+        -> (velocity, or None when stopped at block `stop_at`; {block: hidden states})."""
+        return self._run(latents, frame_t, text_emb, text_mask=text_mask, taps=taps, stop_at=stop_at)
+
+    def _run(self, hidden_states, timestep, encoder_hidden_states, condition_mask=None, padding_mask=None,
+             fps=None, text_mask=None, taps: tuple[int, ...] = (), stop_at: int | None = None):
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.patch_size
         grid = (frames // p_t, height // p_h, width // p_w)
@@ -344,13 +367,13 @@ class CosmosDiT(nn.Module):
         temb, embedded_timestep = self.time_embed(timestep.flatten(), x.dtype)
         temb, embedded_timestep = (t.unflatten(0, timestep.shape) for t in (temb, embedded_timestep))
 
-        tapped = None
+        tapped = {}
         for index, block in enumerate(self.transformer_blocks, start=1):
             x = block(x, encoder_hidden_states, embedded_timestep, temb, rotary, extra_pos_emb, text_mask)
-            if index == tap_layer:
-                tapped = x
-                if stop_at_tap:
-                    return None, tapped
+            if index in taps:
+                tapped[index] = x
+            if index == stop_at:
+                return None, tapped
 
         shift, scale = self.norm_out.modulation(embedded_timestep, temb)
         x = self.proj_out(self.norm_out(x, shift, scale))

@@ -1,0 +1,48 @@
+"""The Wan2.1/2.2 video DiT as a trunk component: its config (a named size or explicit dims) and builder."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from wamforge.config.base import Strict
+
+
+class WanTrunkConfig(Strict):
+    kind: Literal["wan"] = "wan"
+    # a released size (trunks/wan/sizes.py: wan2.1-1.3b, wan2.1-14b, wan2.2-ti2v-5b, tiny); it sets
+    # dim, ffn_dim, layers and heads, which are then not to be given
+    size: str | None = None
+    dim: int = 96
+    layers: int = 4
+    heads: int = 4
+    ffn_dim: int = 256
+    patch: tuple[int, int, int] = (1, 2, 2)
+    qk_norm: bool = True
+    activation_checkpointing: bool = False  # recompute blocks in backward to save activation memory
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.size is not None:
+            from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
+
+            if self.size not in WAN_SIZES:
+                raise ValueError(f"unknown Wan size '{self.size}'; known: {', '.join(WAN_SIZES)}")
+            given = self.model_fields_set & {"dim", "layers", "heads", "ffn_dim"}
+            if given:
+                raise ValueError(f"trunk.size '{self.size}' fixes {sorted(given)}; give either the size or the dims")
+            shape = WAN_SIZES[self.size]
+            self.dim, self.layers, self.heads, self.ffn_dim = shape.dim, shape.layers, shape.heads, shape.ffn_dim
+            self.patch = shape.patch
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        return self
+
+
+def build_wan_trunk(cfg: WanTrunkConfig, in_channels: int, text_dim: int):
+    from wamforge.model_zoo.trunks.wan.model import WanDiT
+
+    trunk = WanDiT(in_channels, cfg.dim, cfg.layers, cfg.heads, cfg.ffn_dim, text_dim=text_dim, patch=cfg.patch,
+                   qk_norm=cfg.qk_norm)
+    trunk.gradient_checkpointing = cfg.activation_checkpointing
+    return trunk

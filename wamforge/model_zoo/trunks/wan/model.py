@@ -32,6 +32,8 @@ from wamforge.model_zoo.common.layers import (FREQ_DIM, FP32LayerNorm, FP32Linea
                                              TransformerBlock)
 from wamforge.model_zoo.common.partitions import whole
 
+NUM_TRAIN_TIMESTEPS = 1000  # Wan takes flow time t in [0, 1] as t * 1000
+
 
 class TextProjection(nn.Module):
     def __init__(self, in_dim: int, dim: int):
@@ -157,6 +159,83 @@ class WanDiT(nn.Module):
         with whole([self.proj_out.weight]):
             nn.init.zeros_(self.proj_out.weight)
 
+    # --- trunk services: the pieces `forward` is made of, for models that add token streams ---
+
+    @property
+    def dim(self) -> int:
+        return self.patch_embedding.out_channels
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, height, width) of the token grid the latents [B, C, F, H, W] patch into."""
+        p_t, p_h, p_w = self.patch_size
+        frames, height, width = latents.shape[2:]
+        return frames // p_t, height // p_h, width // p_w
+
+    def embed(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, C, F, H, W] -> video tokens [B, F' H' W', dim]."""
+        x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        return x.contiguous()  # the transposed view would make every block's matmuls copy or stride
+
+    def condition(self, timestep: torch.Tensor, text_emb: torch.Tensor):
+        """timestep [B] or [B, L] on Wan's [0, 1000] scale -> (temb, timestep_proj, text context)."""
+        if timestep.ndim == 1:
+            timestep = timestep[:, None]  # one timestep broadcast over all tokens
+        return self.condition_embedder(timestep, text_emb)
+
+    def run_blocks(self, x: torch.Tensor, context: torch.Tensor, timestep_proj: torch.Tensor, rotary,
+                   text_mask: torch.Tensor | None = None, self_attn_mask: torch.Tensor | None = None,
+                   image_context: torch.Tensor | None = None, taps: tuple[int, ...] = (),
+                   stop_at: int | None = None) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """Tokens through the blocks; returns (output tokens, or None when stopped early at block
+        `stop_at`; {block index (1-based): hidden states after it} for the blocks in `taps`)."""
+        shard = self.sequence_shard
+        if shard is not None:
+            x = shard.split(x)
+            rotary = tuple(shard.split(r, dim=0) for r in rotary)
+            if timestep_proj.shape[1] > 1:  # per-token timesteps
+                timestep_proj = shard.split(timestep_proj)
+        tapped = {}
+        for index, block in enumerate(self.blocks, start=1):
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, context, timestep_proj, rotary, text_mask, self_attn_mask,
+                               image_context, use_reentrant=False)
+            else:
+                x = block(x, context, timestep_proj, rotary, text_mask, self_attn_mask, image_context)
+            if index in taps:
+                tapped[index] = x if shard is None else shard.gather(x)
+            if index == stop_at:
+                return None, tapped
+        return (x if shard is None else shard.gather(x)), tapped
+
+    def head(self, x: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Video tokens [B, L, dim] (temb [B, L or 1, dim]) -> velocity [B, C, F, H, W]."""
+        batch = x.shape[0]
+        p_t, p_h, p_w = self.patch_size
+        shift, scale = (self.scale_shift_table.float() + temb[:, :, None]).unbind(dim=2)
+        x = self.proj_out((self.norm_out(x) * (1 + scale) + shift).type_as(x))
+        x = x.reshape(batch, *grid, p_t, p_h, p_w, self.out_channels)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(batch, self.out_channels, grid[0] * p_t, grid[1] * p_h, grid[2] * p_w)
+
+    def predict(self, latents: torch.Tensor, frame_t: torch.Tensor, text_emb: torch.Tensor,
+                text_mask: torch.Tensor | None = None, taps: tuple[int, ...] = (), stop_at: int | None = None,
+                ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """The trunk as the couplings see it: flow time per latent frame frame_t [B, F] in [0, 1]
+        (0 clean, 1 noise) -> (velocity, or None when stopped at block `stop_at`; tapped states)."""
+        grid = self.grid(latents)
+        timestep = frame_t.repeat_interleave(grid[1] * grid[2], dim=1) * NUM_TRAIN_TIMESTEPS
+        x, out = self.embed(latents), None
+        temb, timestep_proj, context = self.condition(timestep, text_emb)
+        x, tapped = self.run_blocks(x, context, timestep_proj, self.rope(*grid, latents.device), text_mask,
+                                    taps=taps, stop_at=stop_at)
+        if x is not None:
+            out = self.head(x, temb, grid)
+        return out, tapped
+
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
                 text_mask: torch.Tensor | None = None, tap_layer: int | None = None,
                 stop_at_tap: bool = False, self_attn_mask: torch.Tensor | None = None,
@@ -171,48 +250,20 @@ class WanDiT(nn.Module):
         Returns (velocity prediction [B, C, F, H, W], hidden states after block `tap_layer`
         [B, L_tokens, dim]). With stop_at_tap the later blocks and the head are skipped and the
         prediction is None. self_attn_mask (bool [L, L], True = may attend) restricts self-attention,
-        e.g. `attention.blockwise_causal_mask([tokens_per_frame] * frames)` for a causal backbone.
+        e.g. `common.attention.blockwise_causal_mask([tokens_per_frame] * frames)` for a causal backbone.
         """
         if stop_at_tap and tap_layer is None:
             raise ValueError("stop_at_tap needs a tap_layer")
-        batch, _, frames, height, width = latents.shape
-        p_t, p_h, p_w = self.patch_size
-        grid = (frames // p_t, height // p_h, width // p_w)
-
-        rotary = self.rope(*grid, latents.device)
-        x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
-        x = x.contiguous()  # the transposed view would make every block's matmuls copy or stride
-        if timestep.ndim == 1:
-            timestep = timestep[:, None]  # one timestep broadcast over all tokens
-        temb, timestep_proj, context = self.condition_embedder(timestep, text_emb)
-        shard = self.sequence_shard
-        if shard is not None:
-            x = shard.split(x)
-            rotary = tuple(shard.split(r, dim=0) for r in rotary)
-            if timestep_proj.shape[1] > 1:  # per-token timesteps
-                timestep_proj = shard.split(timestep_proj)
+        grid = self.grid(latents)
         image_context = None
         if image_emb is not None:
             if not hasattr(self.condition_embedder, "image_embedder"):
                 raise ValueError("image_emb given to a WanDiT built without image_dim")
             image_context = self.condition_embedder.image_embedder(image_emb)
-
-        tapped = None
-        for index, block in enumerate(self.blocks, start=1):
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, context, timestep_proj, rotary, text_mask, self_attn_mask,
-                               image_context, use_reentrant=False)
-            else:
-                x = block(x, context, timestep_proj, rotary, text_mask, self_attn_mask, image_context)
-            if index == tap_layer:
-                tapped = x if shard is None else shard.gather(x)
-                if stop_at_tap:
-                    return None, tapped
-
-        if shard is not None:
-            x = shard.gather(x)
-        shift, scale = (self.scale_shift_table.float() + temb[:, :, None]).unbind(dim=2)
-        x = self.proj_out((self.norm_out(x) * (1 + scale) + shift).type_as(x))
-        x = x.reshape(batch, *grid, p_t, p_h, p_w, self.out_channels)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(batch, self.out_channels, frames, height, width)
-        return x, tapped
+        temb, timestep_proj, context = self.condition(timestep, text_emb)
+        taps = () if tap_layer is None else (tap_layer,)
+        x, tapped = self.run_blocks(self.embed(latents), context, timestep_proj, self.rope(*grid, latents.device),
+                                    text_mask, self_attn_mask, image_context, taps,
+                                    stop_at=tap_layer if stop_at_tap else None)
+        prediction = None if x is None else self.head(x, temb, grid)
+        return prediction, tapped.get(tap_layer)

@@ -1,6 +1,6 @@
 """Named WanDiT sizes: the released Wan2.1 / Wan2.2 transformers, plus a tiny one for tests.
 
-All of them use 256 sinusoidal timestep features (wan_dit.FREQ_DIM), patch (1, 2, 2), qk RMSNorm
+All of them use 256 sinusoidal timestep features (common.layers.FREQ_DIM), patch (1, 2, 2), qk RMSNorm
 across heads and an affine norm before cross-attention. I2V sizes add image cross-attention on
 CLIP ViT-H tokens (image_dim 1280) and take the image latent and mask as extra input channels. Build big ones on the meta device
 (`with torch.device("meta"): size.build()`) to inspect them without allocating.

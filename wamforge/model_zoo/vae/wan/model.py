@@ -2,7 +2,7 @@
 
 Numerically the same network as diffusers' `AutoencoderKLWan` (Wan2.1 flavour: no residual
 down/up blocks, no patchify), with the same parameter names, so a diffusers state dict loads with
-`strict=True`. See `wan_vae_weights.py` for the official `Wan2.1_VAE` checkpoint layout.
+`strict=True`. See `vae/wan/weights.py` for the official `Wan2.1_VAE` checkpoint layout.
 
 Causality and the streaming cache. Every time convolution only looks backwards: it is padded with
 zeros on the left, never on the right. Video is therefore processed as a stream: the encoder sees
@@ -303,7 +303,8 @@ class WanVAE(nn.Module):
         self.latent_frames(video.shape[2])
         cache: StreamCache = {}
         # frame 0 alone, then chunks of 4: the same chunking as Wan, so the same numbers
-        chunks = [video[:, :, :1], *video[:, :, 1:].split(4, dim=2)]
+        # (a lone frame has no later chunks: split would hand back one empty one)
+        chunks = [video[:, :, :1], *(video[:, :, 1:].split(4, dim=2) if video.shape[2] > 1 else ())]
         moments = self.quant_conv(torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2))
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)

@@ -1,0 +1,166 @@
+"""Action-chunk latency of three ways to act with a World Action Model, side by side on one tiny trunk
+(the quickstart's: Wan DiT dim 192, 4 blocks, 6 heads, ffn 512, patch 1x2x2; patchify VAE stride 4;
+64x64 pixels, a 9-frame clip -> 1 observed + 2 future latent frames, 64 tokens each):
+
+  (a) render, then act - the feature-tap model (mimic-video's design) with render_future=True: the
+      future is denoised from 1 to 0 in `video_steps` passes through every trunk block, then tapped
+      (trunk to the tap block), then the action expert integrates `action_steps` Euler steps;
+  (b) feature tap      - the same model and weights with render_future=False and substrate noise 1.0:
+      no video step, the trunk runs once up to the tap block, then the same expert steps;
+  (c) joint, video skipped - UWM's joint generation in policy mode: the future held at pure noise, the
+      actions denoised; each of the `action_steps` steps is a full trunk pass over video + action tokens.
+
+Random weights (latency does not depend on training), real shapes, batch 1 (one control step's chunk).
+The three are timed in interleaved rounds, so drift in machine load hits them alike; medians are
+reported. Writes benchmarks/results/bench_inference_<device>.json.
+
+    .venv/bin/python benchmarks/bench_inference.py [--repeats 20 --warmup 3 --threads 2 --device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from wamforge.config import validate  # noqa: E402
+from wamforge.model_zoo.build import build_model  # noqa: E402
+from wamforge.model_zoo.inference import Inference  # noqa: E402
+
+QUICKSTART = ROOT / "configs/experiments/quickstart.yaml"
+
+
+def configs(video_steps: int, action_steps: int) -> tuple:
+    """(feature-tap config, uwm config): the quickstart with its trunk, VAE and text, and each design."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    shared = {k: raw["model"][k] for k in ("trunk", "vae", "text")}
+    tap = copy.deepcopy(raw)  # the quickstart as it is: mimic_video's design on the wan trunk, tap at block 2
+    tap["model"]["substrate"] = {**raw["model"]["substrate"], "noise": 1.0}
+    uwm = copy.deepcopy(raw)
+    uwm["model"] = {"recipe": "uwm", **copy.deepcopy(shared)}
+    for r in (tap, uwm):
+        r["eval"].update(flow_steps=action_steps)
+    return validate(tap, QUICKSTART), validate(uwm, QUICKSTART)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    p.add_argument("--repeats", type=int, default=20, help="timed rounds; each round times (a), (b) and (c) once")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--video-steps", type=int, default=8)
+    p.add_argument("--action-steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    console = Console(width=int(os.environ.get("COLUMNS", 140)))
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    tap_cfg, uwm_cfg = configs(args.video_steps, args.action_steps)
+
+    torch.manual_seed(0)
+    tap_model = build_model(tap_cfg, 2).to(device).eval()
+    uwm_model = build_model(uwm_cfg, 2).to(device).eval()
+    h, w = tap_cfg.data.resolution
+    b = args.batch
+    gen = torch.Generator(device=device).manual_seed(0)
+    frame = torch.rand(b, 1 + tap_cfg.data.context_frames, 1, 3, h, w, generator=gen, device=device) * 2 - 1
+    p_max = tap_cfg.model.max_proprio_dim
+    proprio = torch.randn(b, p_max, generator=gen, device=device)
+    proprio_mask = torch.zeros(b, p_max, dtype=torch.bool, device=device)
+    proprio_mask[:, :4] = True
+    embodiment = torch.zeros(b, dtype=torch.long, device=device)
+    text = ["reach the goal"] * b
+
+    render = Inference(action_steps=args.action_steps, video_steps=args.video_steps, render_future=True)
+    skip = Inference(action_steps=args.action_steps, video_steps=args.video_steps, render_future=False)
+    cases = {
+        "a": ("render the future, then act", tap_model, render),
+        "b": ("feature tap (noise 1.0)", tap_model, skip),
+        "c": ("joint generation, video skipped (uwm policy)", uwm_model, skip),
+    }
+
+    def chunk(key: str) -> torch.Tensor:
+        _, model, inference = cases[key]
+        return model.sample_actions(frame, proprio, proprio_mask, embodiment, text, inference=inference,
+                                    generator=torch.Generator(device=device).manual_seed(0))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = {k: [] for k in cases}
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            for key in cases:
+                chunk(key)
+        for _ in range(args.repeats):
+            for key in cases:
+                sync()
+                start = time.perf_counter()
+                out = chunk(key)
+                sync()
+                times[key].append(1000 * (time.perf_counter() - start))
+                assert out.shape == (b, tap_cfg.model.regime.horizon, tap_cfg.model.max_action_dim)
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    trunk = tap_cfg.model.trunk
+    tokens = tap_model.latent_frames * (h // 4 // trunk.patch[1]) * (w // 4 // trunk.patch[2])
+    res = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "load_avg_1m_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "batch": b, "repeats": args.repeats, "warmup": args.warmup,
+        "video_steps": args.video_steps, "action_steps": args.action_steps,
+        "trunk": trunk.model_dump(mode="json"), "resolution": [h, w], "clip_frames": tap_cfg.data.clip_frames,
+        "video_tokens": tokens, "tap_layer": tap_cfg.model.substrate.layer,
+        "designs": {"a": list(tap_model.design), "b": list(tap_model.design), "c": list(uwm_model.design)},
+        "ms_p50": {k: round(v, 3) for k, v in p50.items()},
+        "ms_min": {k: round(min(v), 3) for k, v in times.items()},
+        "ms_p95": {k: round(sorted(v)[max(0, int(0.95 * len(v)) - 1)], 3) for k, v in times.items()},
+        "ratios": {"a/b": round(p50["a"] / p50["b"], 2), "a/c": round(p50["a"] / p50["c"], 2),
+                   "c/b": round(p50["c"] / p50["b"], 2)},
+    }
+    res["load_avg_1m_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    table = Table(title=f"action-chunk latency, batch {b}, {res['device']}, {res['threads']} threads, "
+                        f"median of {args.repeats} (video steps {args.video_steps}, action steps {args.action_steps})")
+    for col, justify in (("", "left"), ("path", "left"), ("trunk work per chunk", "left"), ("ms p50", "right"),
+                         ("ms min", "right"), ("ms p95", "right")):
+        table.add_column(col, justify=justify)
+    work = {"a": f"{args.video_steps} x {trunk.layers} blocks + {tap_cfg.model.substrate.layer} (tap) + expert",
+            "b": f"1 x {tap_cfg.model.substrate.layer} blocks (tap) + expert",
+            "c": f"{args.action_steps} x {trunk.layers} blocks over video + action tokens"}
+    for key, (name, _, _) in cases.items():
+        table.add_row(key, name, work[key], f"{p50[key]:.1f}", f"{res['ms_min'][key]:.1f}", f"{res['ms_p95'][key]:.1f}")
+    console.print(table)
+    ratios = Table(title="ratios of medians")
+    ratios.add_column("ratio")
+    ratios.add_column("value", justify="right")
+    ratios.add_column("meaning")
+    ratios.add_row("a/b", f"{res['ratios']['a/b']:.1f}x", "rendering the future vs the feature tap (target >= 10x)")
+    ratios.add_row("a/c", f"{res['ratios']['a/c']:.1f}x", "rendering the future vs joint generation with video skipped")
+    ratios.add_row("c/b", f"{res['ratios']['c/b']:.1f}x", "joint generation with video skipped vs the feature tap")
+    console.print(ratios)
+    verdict = "[green]met[/]" if res["ratios"]["a/b"] >= 10 else "[red]missed[/]"
+    console.print(f"a/b >= 10x target: {verdict}; load average {res['load_avg_1m_before']:.2f} -> "
+                  f"{res['load_avg_1m_after']:.2f} on {res['cpus']} cores")
+    out = args.out or ROOT / "benchmarks/results" / f"bench_inference_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    console.print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
