@@ -12,8 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, tiny_config
@@ -199,7 +202,12 @@ def test_ulysses_sequence_parallel_trunk_matches_one_rank():
         assert dict(out) == {0: True, 1: True}
 
 
-def _partitioned_build_rank(rank: int, port: int, root: str, out: dict) -> None:
+UWM_TINY = {"recipe": "uwm", "trunk": {"kind": "wan", "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 64},
+            "regime": {"kind": "chunked", "horizon": 4}, "coupling": {"kind": "joint_generation", "registers": 2},
+            "text": {"dim": 32, "max_tokens": 16}}
+
+
+def _partitioned_build_rank(rank: int, port: int, root: str, model: dict | None, out: dict) -> None:
     import deepspeed
 
     from wamforge.model_zoo.common.partitions import whole
@@ -208,6 +216,7 @@ def _partitioned_build_rank(rank: int, port: int, root: str, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", LOCAL_RANK=str(rank))
     deepspeed.init_distributed("gloo", auto_mpi_discovery=False, verbose=False, rank=rank, world_size=2)
     raw = tiny_config(Path(root))
+    raw["model"] = model or raw["model"]
     raw["training"]["zero_stage"] = 3
     raw["stages"][1]["init_from"] = str(Path(root) / "shifted.safetensors")
     cfg = validate(raw)
@@ -217,10 +226,11 @@ def _partitioned_build_rank(rank: int, port: int, root: str, out: dict) -> None:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, embodiments, partitioned=partitioned_init(cfg.training, 2))
     params = dict(model.named_parameters())
+    units = tuple(f"{unit}." for unit in model.capabilities.partition_units)  # what grows with the trunk
 
     def assert_holds(expected: dict[str, torch.Tensor]) -> None:
         for name, param in params.items():
-            if name.startswith(("trunk.", "action_expert.")):  # this rank's share only, until gathered
+            if name.startswith(units):  # this rank's share only, until gathered
                 assert param.numel() == 0 and 0 < param.ds_tensor.numel() <= -(-param.ds_numel // 2), name
             with whole([param]):
                 assert torch.equal(param.data, expected[name]), name
@@ -235,17 +245,35 @@ def _partitioned_build_rank(rank: int, port: int, root: str, out: dict) -> None:
     out[rank] = True
 
 
-def test_zero3_builds_the_trunk_partitioned_with_the_same_weights(tmp_path):
-    """Under ZeRO-3 each rank allocates only its share of the trunk and the action expert as they
-    are built; gathered, the weights are those of a model built whole, and init_from loads into them."""
+@pytest.mark.parametrize("model", [None, UWM_TINY], ids=["post_prediction_head", "uwm"])
+def test_zero3_builds_the_trunk_partitioned_with_the_same_weights(tmp_path, model):
+    """Under ZeRO-3 each rank allocates only its share of what the model declares grows with the
+    trunk (the trunk, and a post-prediction head's expert) as it is built; gathered, the weights are
+    those of a model built whole, and init_from loads into them."""
     import torch.multiprocessing as mp
 
     from wamforge.launchers.local import free_port
 
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_partitioned_build_rank, args=(free_port(), str(tmp_path), out), nprocs=2, join=True)
+        mp.spawn(_partitioned_build_rank, args=(free_port(), str(tmp_path), model, out), nprocs=2, join=True)
         assert dict(out) == {0: True, 1: True}
+
+
+def test_a_joint_generation_recipe_trains_under_zero3_on_two_ranks(built, tmp_path):
+    path, cfg = one_stage_config(tmp_path, built[0], stage={"steps": 2, "objective": "joint",
+                                                            "mixture": {"weights": {"sim": 1.0, "web": 1.0}}},
+                                 zero_stage=3, loader_workers=0)
+    raw = yaml.safe_load(path.read_text())
+    raw["model"] = UWM_TINY
+    path.write_text(yaml.safe_dump(raw))
+    proc = wamforge("train", path, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    rows = read_jsonl(RunPaths.of(cfg).stage(cfg.stages[0].name) / "metrics.jsonl")
+    assert len(rows) == 2 and all(np.isfinite(r["video_loss"]) and r["action_loss"] > 0 for r in rows)
+    with safe_open(str(RunPaths.of(cfg).final_weights(cfg.stages[0].name)), "pt") as f:
+        assert {"streams.registers", "trunk.patch_embedding.weight"} <= set(f.keys())
 
 
 def test_sequence_parallel_training_matches_single_rank_training(built, tmp_path):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wamforge.model_zoo.common.attention import attention
+from wamforge.model_zoo.common.partitions import whole
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features
 
@@ -216,3 +217,16 @@ class TransformerBlock(nn.Module):
 
         h = (self.norm3(x) * (1 + c_scale_msa) + c_shift_msa).type_as(x)
         return (x.float() + self.ffn(h).float() * c_gate_msa).type_as(x)
+
+
+def init_as_wan(module: nn.Module, time_linears) -> None:
+    """Wan's initialisation for a head built from these layers: xavier linears with zero biases,
+    and small normal weights on the time embedding's linears (each gathered whole under ZeRO-3)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            with whole(layer.parameters(recurse=False)):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+    for layer in time_linears:
+        with whole([layer.weight]):
+            nn.init.normal_(layer.weight, std=0.02)

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from wamforge.config.base import Strict
-from wamforge.model_zoo.common.partitions import whole
 from wamforge.model_zoo.common.layers import (FREQ_DIM, FP32LayerNorm, FP32Linear, TimestepEmbedding,
-                                             TransformerBlock)
+                                             TransformerBlock, init_as_wan)
 
 
 class ActionExpertConfig(Strict):
@@ -39,14 +38,7 @@ class ActionExpert(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(dim, 4 * dim, cfg.heads) for _ in range(cfg.layers))
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
-        for module in self.modules():  # the trunk's recipe
-            if isinstance(module, nn.Linear):
-                with whole(module.parameters(recurse=False)):
-                    nn.init.xavier_uniform_(module.weight)
-                    nn.init.zeros_(module.bias)
-        for module in (self.time_embedder.linear_1, self.time_embedder.linear_2, self.time_proj):
-            with whole([module.weight]):
-                nn.init.normal_(module.weight, std=0.02)
+        init_as_wan(self, (self.time_embedder.linear_1, self.time_embedder.linear_2, self.time_proj))
 
     def forward(self, action_tokens: torch.Tensor, proprio_token: torch.Tensor, timestep: torch.Tensor,
                 features: torch.Tensor) -> torch.Tensor:
