@@ -96,3 +96,17 @@ def test_guidance_runs_an_unconditioned_pass_and_condition_dropout_empties_train
     guided = model.sample_actions(*args, inference=Inference(action_steps=2, guidance=3.0),
                                   generator=torch.Generator().manual_seed(0))
     assert ["", ""] in seen and not torch.allclose(plain, guided)
+
+
+@pytest.mark.parametrize("head", ["cross_attention", "layerwise"])
+def test_a_context_projected_once_acts_exactly_as_the_features_it_came_from(head):
+    from wamforge.model_zoo.heads import REGISTRY, ActionExpertConfig, LayerwiseExpertConfig
+
+    torch.manual_seed(0)
+    cfg = ActionExpertConfig(dim=16, layers=2, heads=2) if head == "cross_attention" else \
+        LayerwiseExpertConfig(dim=16, heads=2)
+    expert = REGISTRY[head](cfg, context_dim=24, horizon=HORIZON, **({"layers": 2} if head == "layerwise" else {}))
+    features = torch.randn(2, 7, 24) if head == "cross_attention" else [torch.randn(2, 7, 24), torch.randn(2, 5, 24)]
+    actions, proprio, t = torch.randn(2, HORIZON, 16), torch.randn(2, 1, 16), torch.rand(2) * 1000
+    with torch.no_grad():
+        assert torch.equal(expert(actions, proprio, t, features), expert(actions, proprio, t, expert.prepare(features)))

@@ -124,6 +124,9 @@ class Attention(nn.Module):
 
     With kv_cache (self-attention only) the queries attend to the cached keys/values followed by
     the new ones; attn_mask, if given, must then span all of them ([L_new, L_cached + L_new]).
+
+    A cross-attention context may come already projected, as the (keys, values) `project_context`
+    returns: a head that attends to the same trunk states at every denoising step projects them once.
     """
 
     def __init__(self, dim: int, heads: int, qk_norm: bool = True, eps: float = 1e-6, image_kv: bool = False):
@@ -141,19 +144,23 @@ class Attention(nn.Module):
             self.add_v_proj = nn.Linear(dim, dim)
             self.norm_added_k = RMSNorm(dim, eps)  # always present, as in Wan and diffusers
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rotary=None,
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """context [B, L, dim] -> (keys, values) [B, heads, L, head_dim]."""
+        k, v = self.norm_k(self.to_k(context)), self.to_v(context)
+        return tuple(t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (k, v))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | tuple | None = None, rotary=None,
                 context_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 image_context: torch.Tensor | None = None, kv_cache: LayerCache | None = None) -> torch.Tensor:
         if kv_cache is not None and (context is not None or self.sequence_shard is not None):
             raise ValueError("kv_cache serves unsharded self-attention only")
-        context = x if context is None else context
-        q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(context)), self.to_v(context)
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        k, v = context if isinstance(context, tuple) else self.project_context(x if context is None else context)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         if kv_cache is not None:  # rotary covers the new tokens only; cached keys are already rotated
             k, v = kv_cache.extend(k, v)
-        if self.sequence_shard is not None and context is x:
+        if self.sequence_shard is not None and context is None:
             out = self.sequence_shard.self_attention(q, k, v, attn_mask=attn_mask)
         else:
             out = attention(q, k, v, key_padding_mask=context_mask, attn_mask=attn_mask)

@@ -118,8 +118,9 @@ class PostPredictionHead(Coupling):
         for key, captions in (("cond", text), ("uncond", [""] * batch)):
             if key == "uncond" and inference.guidance == 1.0:
                 continue
-            contexts[key] = self._context(model, observed, future, model.encode_text(captions, observed.device),
-                                          end, inference.video_steps)
+            context = self._context(model, observed, future, model.encode_text(captions, observed.device), end,
+                                    inference.video_steps)
+            contexts[key] = model.action_expert.prepare(context)  # projected once, read at every step
 
         mask = (model.embodiments.action_mask(embodiment_id) if action_mask is None else action_mask)[:, None].float()
         actions = torch.randn((batch, model.horizon, model.max_action_dim), generator=generator, device=observed.device)

@@ -6,6 +6,7 @@ small transformer then denoises the action chunk over the cached context, step a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -21,6 +22,13 @@ class ActionExpertConfig(Strict):
     dim: int = 64
     layers: int = 2
     heads: int = 4
+
+
+@dataclass(frozen=True)
+class ProjectedContext:
+    """A head's cross-attention keys and values, one (k, v) per block. The context is the same at
+    every action denoising step, so inference projects it once per chunk (`prepare`)."""
+    per_block: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
 class ActionExpert(nn.Module):
@@ -40,16 +48,21 @@ class ActionExpert(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         init_as_wan(self, (self.time_embedder.linear_1, self.time_embedder.linear_2, self.time_proj))
 
+    def prepare(self, features: torch.Tensor) -> ProjectedContext:
+        """Trunk features [B, L, context_dim] -> every block's cross-attention keys and values."""
+        context = self.context_proj(self.context_norm(features).type_as(self.position_embedding))
+        return ProjectedContext(tuple(block.attn2.project_context(context) for block in self.blocks))
+
     def forward(self, action_tokens: torch.Tensor, proprio_token: torch.Tensor, timestep: torch.Tensor,
-                features: torch.Tensor) -> torch.Tensor:
-        """action_tokens [B, H, dim], proprio_token [B, 1, dim], timestep [B] in [0, 1000],
-        trunk features [B, L, context_dim] -> hidden states of the action tokens [B, H, dim]."""
+                features: torch.Tensor | ProjectedContext) -> torch.Tensor:
+        """action_tokens [B, H, dim], proprio_token [B, 1, dim], timestep [B] in [0, 1000], trunk
+        features [B, L, context_dim] (or `prepare`d) -> hidden states of the action tokens [B, H, dim]."""
         horizon = action_tokens.shape[1]
         x = torch.cat([action_tokens, proprio_token], dim=1) + self.position_embedding
         temb = self.time_embedder(timestep)[:, None]  # [B, 1, dim]: one timestep for all tokens
         timestep_proj = self.time_proj(self.act_fn(temb)).unflatten(-1, (6, -1))
-        context = self.context_proj(self.context_norm(features).type_as(x))
-        for block in self.blocks:
-            x = block(x, context, timestep_proj)
+        context = features if isinstance(features, ProjectedContext) else self.prepare(features)
+        for block, kv in zip(self.blocks, context.per_block):
+            x = block(x, kv, timestep_proj)
         shift, scale = (self.scale_shift_table.float() + temb[:, :, None]).unbind(dim=2)
         return (self.norm_out(x[:, :horizon]) * (1 + scale) + shift).type_as(x)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from wamforge.config.base import Strict
+from wamforge.model_zoo.heads.action_expert import ProjectedContext
 from wamforge.model_zoo.common.layers import (FREQ_DIM, FP32LayerNorm, FP32Linear, TimestepEmbedding,
                                              TransformerBlock, init_as_wan)
 
@@ -59,20 +60,28 @@ class LayerwiseActionExpert(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         init_as_wan(self, (self.time_embedder.linear_1, self.time_embedder.linear_2, self.time_proj))
 
-    def forward(self, action_tokens: torch.Tensor, proprio_token: torch.Tensor, timestep: torch.Tensor,
-                features: list[torch.Tensor]) -> torch.Tensor:
-        """action_tokens [B, H, dim], proprio_token [B, 1, dim], timestep [B] in [0, 1000], features:
-        one [B, L_i, context_dim] tensor per joined trunk layer -> hidden states of the action tokens [B, H, dim]."""
+    def prepare(self, features: list[torch.Tensor]) -> ProjectedContext:
+        """One [B, L_i, context_dim] tensor per joined trunk layer -> each block's keys and values."""
         if len(features) != self.layers:
             raise ValueError(f"LayerwiseActionExpert joins {self.layers} trunk layers but got "
                              f"{len(features)} feature tensors.")
+        dtype = self.scale_shift_table.dtype
+        return ProjectedContext(tuple(
+            block.attn2.project_context(proj(norm(states).to(dtype)))  # trunk states are not normalized
+            for block, norm, proj, states in zip(self.blocks, self.context_norm, self.context_proj, features)))
+
+    def forward(self, action_tokens: torch.Tensor, proprio_token: torch.Tensor, timestep: torch.Tensor,
+                features: list[torch.Tensor] | ProjectedContext) -> torch.Tensor:
+        """action_tokens [B, H, dim], proprio_token [B, 1, dim], timestep [B] in [0, 1000], features:
+        one [B, L_i, context_dim] tensor per joined trunk layer (or `prepare`d) -> hidden states of
+        the action tokens [B, H, dim]."""
+        context = features if isinstance(features, ProjectedContext) else self.prepare(features)
         x = torch.cat([proprio_token, action_tokens], dim=1)  # GE's [state | actions] order
         # no learned positions: RoPE over the token index orders the chunk (state at 0)
         rotary = rope_1d(torch.arange(x.shape[1], device=x.device), self.head_dim)
         temb = self.time_embedder(timestep)[:, None]  # [B, 1, dim]: one timestep for all tokens
         timestep_proj = self.time_proj(self.act_fn(temb)).unflatten(-1, (6, -1))
-        for block, norm, proj, layer_states in zip(self.blocks, self.context_norm, self.context_proj, features):
-            context = proj(norm(layer_states).type_as(x))  # trunk states are not normalized
-            x = block(x, context, timestep_proj, rotary=rotary)
+        for block, kv in zip(self.blocks, context.per_block):
+            x = block(x, kv, timestep_proj, rotary=rotary)
         shift, scale = (self.scale_shift_table.float() + temb[:, :, None]).unbind(dim=2)
         return (self.norm_out(x[:, 1:]) * (1 + scale) + shift).type_as(x)

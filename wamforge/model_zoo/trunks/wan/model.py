@@ -70,9 +70,16 @@ class WanRotaryPosEmbed(nn.Module):
         hw_band = 2 * (head_dim // 6)
         self.bands = (head_dim - 2 * hw_band, hw_band, hw_band)
         self.theta = theta
+        self._tables: dict = {}  # a grid's angles depend on nothing else: made once, not every call
 
     def forward(self, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [frames * height * width, head_dim / 2], fp32."""
+        key = (frames, height, width, str(device))
+        if key not in self._tables:
+            self._tables[key] = self._angles(frames, height, width, device)
+        return self._tables[key]
+
+    def _angles(self, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         grid = (frames, height, width)
         angles = []
         for axis, (size, band) in enumerate(zip(grid, self.bands)):
