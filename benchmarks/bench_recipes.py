@@ -265,6 +265,7 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=2, help="CPU cores to share among the ranks and for eval")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     p.add_argument("--root", type=Path, default=Path("runs/bench_recipes"))
+    p.add_argument("--suffix", default="", help="appended to every experiment name (runs beside the default ones)")
     p.add_argument("--resume", action="store_true", help="keep stages already trained (default: train again)")
     p.add_argument("--quiet", action="store_true", help="send the CLI's own output to <root>/<recipe>.log")
     p.add_argument("--seed", type=int, default=0, help="the dynamics' torch.Generator seed and window pick")
@@ -301,7 +302,8 @@ def main() -> None:
     t = time.perf_counter()
     for name in args.recipes:
         raw, notes = recipe_raw(base, name)
-        console.rule(f"[bold]{name}")
+        raw["name"] += args.suffix
+        console.rule(f"[bold]{raw['name']}")
         r = run_recipe(raw, args)
         r.update(design=list(design(validate(raw).model)), set=notes)
         res["recipes"][name] = r

@@ -27,9 +27,12 @@ def stream_steps(steps: dict[str, int]) -> list[dict[str, tuple[int, int]]]:
     return [{s: (i * n // total, (i + 1) * n // total) for s, n in steps.items()} for i in range(total)]
 
 
-def guided(velocity, guidance: float, cond, uncond) -> torch.Tensor:
-    """v_uncond + g (v_cond - v_uncond); one call when guidance is off."""
+def guided(velocity, guidance: float, cond, uncond):
+    """v_uncond + g (v_cond - v_uncond) for a velocity or a tuple of them (one per stream); one call
+    when guidance is off."""
     if guidance == 1.0:
         return velocity(cond)
-    v_uncond = velocity(uncond)
-    return v_uncond + guidance * (velocity(cond) - v_uncond)
+    v_cond, v_uncond = velocity(cond), velocity(uncond)
+    if isinstance(v_cond, tuple):
+        return tuple(u + guidance * (c - u) for c, u in zip(v_cond, v_uncond))
+    return v_uncond + guidance * (v_cond - v_uncond)

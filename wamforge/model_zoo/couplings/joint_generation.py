@@ -30,7 +30,7 @@ from wamforge.config.base import Strict
 from wamforge.model_zoo.common.masks import Layout, MaskRule, Span, build_mask
 from wamforge.model_zoo.common.positions import PositionScheme, stream_positions, time_band_rotary
 from wamforge.model_zoo.couplings.base import Coupling
-from wamforge.model_zoo.inference import Inference, stream_steps
+from wamforge.model_zoo.inference import Inference, guided, stream_steps
 from wamforge.model_zoo.trunks.wan.model import NUM_TRAIN_TIMESTEPS
 
 SAMPLES = ("policy", "forward_dynamics", "inverse_dynamics", "video", "joint")
@@ -198,16 +198,8 @@ class JointGeneration(Coupling):
                 return self.velocities(model, observed, state["video"], torch.full((batch,), times["video"],
                                        device=device), state["action"], torch.full((batch,), times["action"],
                                        device=device), mask, proprio, proprio_mask, embodiment_id, caption)
-            if inference.guidance == 1.0:
-                v_video, v_action = velocity(text_pair[0])
-            else:
-                v_video, v_action = self._guided(velocity, inference.guidance, text_pair)
+            v_video, v_action = guided(velocity, inference.guidance, *text_pair)
             for s, v in (("video", v_video), ("action", v_action)):
                 if s in moves and moves[s][0] != moves[s][1]:
                     state[s] = flow.euler(state[s], v, schedules[s][moves[s][0]], schedules[s][moves[s][1]])
         return state["action"] * mask, state["video"]
-
-    @staticmethod
-    def _guided(velocity, guidance, text_pair):
-        cond, uncond = velocity(text_pair[0]), velocity(text_pair[1])
-        return tuple(u + guidance * (c - u) for c, u in zip(cond, uncond))
