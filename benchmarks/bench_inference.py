@@ -41,9 +41,13 @@ from wamforge.model_zoo.inference import Inference  # noqa: E402
 QUICKSTART = ROOT / "configs/experiments/quickstart.yaml"
 
 
-def configs(video_steps: int, action_steps: int) -> tuple:
-    """(feature-tap config, uwm config): the quickstart with its trunk, VAE and text, and each design."""
+def configs(video_steps: int, action_steps: int, trunk: dict | None = None, tap_layer: int | None = None) -> tuple:
+    """(feature-tap config, uwm config): the quickstart with its trunk (or `trunk` laid over it), VAE
+    and text, and each design."""
     raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["model"]["trunk"].update(trunk or {})
+    if tap_layer is not None:
+        raw["model"]["substrate"]["layer"] = tap_layer
     shared = {k: raw["model"][k] for k in ("trunk", "vae", "text")}
     tap = copy.deepcopy(raw)  # the quickstart as it is: mimic_video's design on the wan trunk, tap at block 2
     tap["model"]["substrate"] = {**raw["model"]["substrate"], "noise": 1.0}
@@ -63,13 +67,16 @@ def main() -> None:
     p.add_argument("--video-steps", type=int, default=8)
     p.add_argument("--action-steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--trunk", type=yaml.safe_load, default=None,
+                   help="trunk fields laid over the quickstart's, e.g. '{dim: 384, layers: 8, heads: 6, ffn_dim: 1024}'")
+    p.add_argument("--tap-layer", type=int, default=None, help="the feature tap's block (default: the quickstart's)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     console = Console(width=int(os.environ.get("COLUMNS", 140)))
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    tap_cfg, uwm_cfg = configs(args.video_steps, args.action_steps)
+    tap_cfg, uwm_cfg = configs(args.video_steps, args.action_steps, args.trunk, args.tap_layer)
 
     torch.manual_seed(0)
     tap_model = build_model(tap_cfg, 2).to(device).eval()
@@ -174,7 +181,8 @@ def main() -> None:
     verdict = "[green]met[/]" if res["ratios"]["a/b"] >= 10 else "[red]missed[/]"
     console.print(f"a/b >= 10x target: {verdict}; load average {res['load_avg_1m_before']:.2f} -> "
                   f"{res['load_avg_1m_after']:.2f} on {res['cpus']} cores")
-    out = args.out or ROOT / "benchmarks/results" / f"bench_inference_{device.type}.json"
+    suffix = "" if args.trunk is None else f"_dim{trunk.dim}x{trunk.layers}"
+    out = args.out or ROOT / "benchmarks/results" / f"bench_inference_{device.type}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     console.print(f"written to {out}")

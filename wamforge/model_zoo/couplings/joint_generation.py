@@ -141,9 +141,11 @@ class JointGeneration(Coupling):
         mask = real.float()
         a_noise = torch.randn_like(a0)
         noisy_actions = flow.noised(a0, a_noise, t_action[:, None, None])
-        # action-free rows still enter the sequence (as noise), through every dim of their bank row
+        # embedded through the embodiment's own dims on every row, as `sample` embeds them; an action-free
+        # sample has none, so its action tokens carry only their flow time, 1
+        dims = batch.action_mask.any(dim=1, keepdim=True).float()
         v_video, v_action = self.velocities(model, x0[:, :, :clean], future, t_video, noisy_actions, t_action,
-                                            torch.ones_like(mask), batch.proprio, batch.proprio_mask,
+                                            dims, batch.proprio, batch.proprio_mask,
                                             batch.embodiment_id, model.encode_text(batch.text, device))
         out = model.zero_losses(batch_size, device)
         if objective != "action":
