@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--action-steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--trunk", type=yaml.safe_load, default=None,
-                   help="trunk fields laid over the quickstart's, e.g. '{dim: 384, layers: 8, heads: 6, ffn_dim: 1024}'")
+                   help="trunk fields over the quickstart's, e.g. '{dim: 384, layers: 8, heads: 6, ffn_dim: 1024}'")
     p.add_argument("--tap-layer", type=int, default=None, help="the feature tap's block (default: the quickstart's)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -176,7 +176,8 @@ def main() -> None:
         ratios.add_row(key, f"{res['ratios'][key]:.1f}x", f"{res['ratios_of_min'][key]:.1f}x", meaning)
     console.print(ratios)
     d = res["breakdown_ms"]
-    console.print(f"breakdown (medians): full trunk pass {d['full_trunk_pass']:.1f} ms, tap pass {d['tap_pass']:.1f} ms, "
+    console.print(f"breakdown (medians): full trunk pass {d['full_trunk_pass']:.1f} ms, "
+                  f"tap pass {d['tap_pass']:.1f} ms, "
                   f"expert step {d['expert_step']:.1f} ms x {args.action_steps}, uwm step {d['uwm_step']:.1f} ms")
     verdict = "[green]met[/]" if res["ratios"]["a/b"] >= 10 else "[red]missed[/]"
     console.print(f"a/b >= 10x target: {verdict}; load average {res['load_avg_1m_before']:.2f} -> "
