@@ -48,16 +48,17 @@ def test_set_overrides_nested_and_list_values(tmp_path):
     assert cfg.training.world_size == 1 and cfg.stages[2].steps == 9 and cfg.eval.tasks == ["a", "b"]
 
 
-@pytest.mark.parametrize("axis, kind, registered", [
-    ("coupling", "action_conditioned_rollout", "'post_prediction_head', 'joint_generation'"),
-    ("substrate", "geometric.flow", "'feature.tap', 'pixel.latent'"),
-    ("regime", "interactive", "'chunked'"),
-    ("trunk", "ltx", "'wan', 'cosmos'")])
-def test_a_design_point_no_component_builds_is_refused_naming_what_exists(tmp_path, axis, kind, registered):
+@pytest.mark.parametrize("axis, kind", [("coupling", "action_conditioned_rollout"), ("substrate", "geometric.flow"),
+                                        ("regime", "interactive"), ("trunk", "ltx")])
+def test_a_design_point_no_component_builds_is_refused_naming_what_exists(tmp_path, axis, kind):
+    from wamforge.model_zoo import couplings, regimes, substrates, trunks
+
     raw = tiny_config(tmp_path)
     raw["model"][axis] = kind
-    with pytest.raises(ConfigError, match=f"model.{axis}.*'{kind}'.*{registered}"):
+    with pytest.raises(ConfigError, match=f"model.{axis}.*'{kind}'") as refused:
         validate(raw)
+    registry = {"coupling": couplings, "substrate": substrates, "regime": regimes, "trunk": trunks}[axis].REGISTRY
+    assert all(f"'{name}'" in str(refused.value) for name in registry)  # the sentence lists what exists
 
 
 def test_a_recipe_lays_under_the_model_block_and_set_still_overrides(tmp_path):

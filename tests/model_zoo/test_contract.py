@@ -28,7 +28,8 @@ from wamforge.model_zoo.inference import Inference
 TINY_TRUNKS = {"wan": {"kind": "wan", "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 64},
                "cosmos": {"kind": "cosmos", "heads": 2, "head_dim": 16, "layers": 2, "adaln_lora_dim": 8}}
 TINY_HEADS = {"cross_attention": {"kind": "cross_attention", "dim": 32, "layers": 1, "heads": 2},
-              "layerwise": {"kind": "layerwise", "dim": 32, "heads": 2}}
+              "layerwise": {"kind": "layerwise", "dim": 32, "heads": 2},
+              "mixture": {"kind": "mixture", "dim": 16, "ffn_dim": 32}}
 # the fewest levels a Wan VAE may have: two of them halve time (stride 4), so space is strided 4 too
 TINY_WAN_VAE = {"kind": "wan2.1", "base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 2], "num_res_blocks": 1}
 HORIZON, TRUNK_LAYERS = 4, 2

@@ -45,6 +45,9 @@ class ExperimentConfig(Strict):
         if t.world_size % t.sequence_parallel:
             raise ValueError(f"training.world_size {t.world_size} is not a multiple of training.sequence_parallel "
                              f"{t.sequence_parallel}")
+        if t.sequence_parallel > 1 and self.model.substrate.kind == "feature.encoder_only":
+            raise ValueError("the feature.encoder_only substrate reads a KV cache of the observed frames, which "
+                             "serves an unsharded trunk; set training.sequence_parallel to 1")
         if t.sequence_parallel > 1 and self.model.trunk.kind != "wan":
             raise ValueError("training.sequence_parallel splits the wan trunk's sequence; the cosmos trunk has no "
                              "sequence sharding, so set it to 1")

@@ -58,4 +58,14 @@ class ModelConfig(Strict):
                 and self.coupling.head.kind == "layerwise":
             raise ValueError("a layerwise head reads trunk layers: use substrate feature.tap, or head "
                              "kind cross_attention to read the predicted latents")
+        head_kind = getattr(getattr(self.coupling, "head", None), "kind", None)
+        if self.substrate.kind == "feature.encoder_only" and head_kind != "mixture":
+            raise ValueError("substrate feature.encoder_only hands the head every trunk block's keys and values of "
+                             "the observed frames, which only a post_prediction_head with head kind mixture reads")
+        if self.substrate.kind == "feature.encoder_only" and self.trunk.kind != "wan":
+            raise ValueError("substrate feature.encoder_only reads a KVCache prefill of the observed frames, which the "
+                             "wan trunk serves; use trunk kind wan")
+        if head_kind == "mixture" and self.substrate.kind != "feature.encoder_only":
+            raise ValueError("a mixture head joins every trunk block's keys and values of the observed frames: use "
+                             "substrate feature.encoder_only, or head kind layerwise to read tapped states")
         return self

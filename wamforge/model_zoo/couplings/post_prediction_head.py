@@ -2,12 +2,16 @@
 
 The substrate says what the head reads: tapped trunk states at noise tau (`feature.tap`: mimic-video
 with a cross-attention decoder on one layer, Genie Envisioner with one action block per layer) or
-the predicted clean future latents (`pixel.latent`: DiT4DiT). Training objectives:
+the predicted clean future latents (`pixel.latent`: DiT4DiT), or every block's keys and values of the
+observed frames alone (`feature.encoder_only`: Fast-WAM's mixture of transformers). Training objectives:
   video  - the trunk's flow loss on the future latent frames only;
   joint  - video loss plus the action loss, the head reading the trunk at the sampled video time
            (a share `pure_noise` of samples at tau, the time it reads at inference);
   action - the future held at tau, the trunk run only as far as the head needs, action loss only.
 The observed frames (context + current) are always clean: flow time 0 on their tokens.
+With a substrate that `reads_observed_cache`, the action loss instead reads the keys/values the trunk
+computes for the observed frames alone (a KVCache prefill, with gradients), the video loss is the same
+flow loss on the future, and the action objective runs the trunk on the observed frames only.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from wamforge.model_zoo.couplings.base import Coupling
 from wamforge.model_zoo.heads import REGISTRY as HEADS
 from wamforge.model_zoo.heads import ActionExpertConfig, HeadConfig
 from wamforge.model_zoo.inference import Inference, guided
+from wamforge.model_zoo.trunks.kv_cache import KVCache
 from wamforge.model_zoo.trunks.wan.model import NUM_TRAIN_TIMESTEPS
 
 
@@ -40,7 +45,10 @@ class PostPredictionHead(Coupling):
 
     def build(self, model, partitioned) -> int:
         head, substrate = self.cfg.head, model.substrate
-        extra = {"layers": substrate.layer} if self.layerwise else {}
+        if _reads_observed_cache(substrate):  # a mixture head joins every block in the trunk's head space
+            extra = substrate.head_space(model.trunk)
+        else:
+            extra = {"layers": substrate.layer} if self.layerwise else {}
         with partitioned:
             model.action_expert = HEADS[head.kind](head, context_dim=substrate.context_dim(model.trunk),
                                                   horizon=model.horizon, **extra)
@@ -49,6 +57,8 @@ class PostPredictionHead(Coupling):
     # --- training ---
 
     def loss(self, model, batch, x0, objective, timesteps):
+        if _reads_observed_cache(model.substrate):
+            return self._observed_only_loss(model, batch, x0, objective, timesteps)
         flow, substrate, clean = model.backbone, model.substrate, model.clean_latents
         batch_size = len(x0)
         tau = substrate.noise
@@ -80,6 +90,33 @@ class PostPredictionHead(Coupling):
             self._action_loss(model, batch, context, timesteps, out)
         return out
 
+    def _observed_only_loss(self, model, batch, x0, objective, timesteps):
+        """Encoder-only substrate: the video loss on the future as usual; the action loss reads the
+        trunk's per-block keys/values of the observed frames alone (no future tokens, no tau)."""
+        flow, clean, batch_size = model.backbone, model.clean_latents, len(x0)
+        text = model.encode_text(batch.text, x0.device)
+        out = model.zero_losses(batch_size, x0.device)
+        if objective != "action":
+            future_t = flow.sample_time("video", batch_size, x0.device, timesteps)
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype)
+            t = future_t[:, None, None, None, None]
+            x_t = torch.cat([x0[:, :, :clean], flow.noised(x0[:, :, clean:], noise[:, :, clean:], t)], dim=2)
+            prediction, _ = model.trunk.predict(x_t, model.frame_times(future_t, x0.shape[2]), *text)
+            squared = (prediction[:, :, clean:].float() - flow.target(x0, noise)[:, :, clean:].float()) ** 2
+            out["video"], out["per_sample"]["video_loss"] = squared.mean(), squared.detach().flatten(1).mean(1)
+        if objective != "video":
+            context = model.action_expert.prepare(self.observed_kv(model, x0[:, :, :clean], text))
+            self._action_loss(model, batch, context, timesteps, out)
+        return out
+
+    @staticmethod
+    def observed_kv(model, observed: torch.Tensor, text: tuple) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Observed latents [B, C, c, h, w] (clean, t = 0) -> every trunk block's (keys, values) of their
+        tokens. KVCache never calls no_grad, so in training the gradients reach the trunk through them."""
+        cache = KVCache()
+        cache.prefill(model.trunk, observed, *text)
+        return model.substrate.context(cache=cache)
+
     def _action_loss(self, model, batch, context, timesteps, out) -> None:
         x0 = batch.actions.float()
         real = batch.action_mask & batch.has_actions[:, None, None]
@@ -108,18 +145,25 @@ class PostPredictionHead(Coupling):
             generator=None, action_mask=None):
         """The trunk runs once (after denoising the future to tau, or to 0 when rendering it) on the
         observed frames plus the future; the head then integrates its flow from t = 1 to 0 over the
-        cached context."""
+        cached context. With an encoder-only substrate the trunk runs once on the observed frames alone
+        (a KVCache prefill at t = 0) and no future video exists: `render_future` is refused."""
         flow, substrate, clean = model.backbone, model.substrate, observed.shape[2]
         batch, channels, _, height, width = observed.shape
-        future = torch.randn((batch, channels, model.latent_frames - clean, height, width), generator=generator,
-                             device=observed.device).to(observed.dtype)
+        observed_only = _reads_observed_cache(substrate)
+        if observed_only and inference.render_future:
+            raise ValueError("substrate feature.encoder_only never generates future video, so there is nothing to "
+                             "render: set eval.render_future to false")
+        if not observed_only:
+            future = torch.randn((batch, channels, model.latent_frames - clean, height, width), generator=generator,
+                                 device=observed.device).to(observed.dtype)
         end = 0.0 if inference.render_future else substrate.noise
         contexts = {}
         for key, captions in (("cond", text), ("uncond", [""] * batch)):
             if key == "uncond" and inference.guidance == 1.0:
                 continue
-            context = self._context(model, observed, future, model.encode_text(captions, observed.device), end,
-                                    inference.video_steps)
+            text_emb = model.encode_text(captions, observed.device)
+            context = (self.observed_kv(model, observed, text_emb) if observed_only
+                       else self._context(model, observed, future, text_emb, end, inference.video_steps))
             contexts[key] = model.action_expert.prepare(context)  # projected once, read at every step
 
         mask = (model.embodiments.action_mask(embodiment_id) if action_mask is None else action_mask)[:, None].float()
@@ -150,3 +194,8 @@ class PostPredictionHead(Coupling):
             stop_at=None if substrate.reads_prediction else substrate.layer)
         return substrate.context(tapped=tapped, layerwise=self.layerwise, x_t=x, velocity=prediction,
                                  frame_t=frame_t, clean=clean, patch=model.trunk.patch_size)
+
+
+def _reads_observed_cache(substrate) -> bool:
+    """Whether the head reads the trunk's keys/values of the observed frames alone (a capability, not a kind)."""
+    return getattr(substrate, "reads_observed_cache", False)

@@ -9,9 +9,11 @@ from pydantic import Field
 from wamforge.model_zoo.heads.action_expert import ActionExpert, ActionExpertConfig
 from wamforge.model_zoo.heads.embodiment_bank import EmbodimentBank
 from wamforge.model_zoo.heads.layerwise_expert import LayerwiseActionExpert, LayerwiseExpertConfig
+from wamforge.model_zoo.heads.mixture_expert import MixtureActionExpert, MixtureExpertConfig
 
-HeadConfig = Annotated[Union[ActionExpertConfig, LayerwiseExpertConfig], Field(discriminator="kind")]
-REGISTRY = {"cross_attention": ActionExpert, "layerwise": LayerwiseActionExpert}
+HeadConfig = Annotated[Union[ActionExpertConfig, LayerwiseExpertConfig, MixtureExpertConfig],
+                       Field(discriminator="kind")]
+REGISTRY = {"cross_attention": ActionExpert, "layerwise": LayerwiseActionExpert, "mixture": MixtureActionExpert}
 
 __all__ = ["ActionExpert", "ActionExpertConfig", "EmbodimentBank", "HeadConfig", "LayerwiseActionExpert",
-           "LayerwiseExpertConfig", "REGISTRY"]
+           "LayerwiseExpertConfig", "MixtureActionExpert", "MixtureExpertConfig", "REGISTRY"]

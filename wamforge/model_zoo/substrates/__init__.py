@@ -6,10 +6,12 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from wamforge.model_zoo.substrates.feature import FeatureTap, FeatureTapConfig
+from wamforge.model_zoo.substrates.feature import (FeatureEncoderOnly, FeatureEncoderOnlyConfig, FeatureTap,
+                                                  FeatureTapConfig)
 from wamforge.model_zoo.substrates.pixel import PixelLatent, PixelLatentConfig
 
-SubstrateConfig = Annotated[Union[FeatureTapConfig, PixelLatentConfig], Field(discriminator="kind")]
-REGISTRY = {"feature.tap": FeatureTap, "pixel.latent": PixelLatent}
+SubstrateConfig = Annotated[Union[FeatureTapConfig, FeatureEncoderOnlyConfig, PixelLatentConfig],
+                           Field(discriminator="kind")]
+REGISTRY = {"feature.tap": FeatureTap, "feature.encoder_only": FeatureEncoderOnly, "pixel.latent": PixelLatent}
 
-__all__ = ["FeatureTapConfig", "PixelLatentConfig", "REGISTRY", "SubstrateConfig"]
+__all__ = ["FeatureEncoderOnlyConfig", "FeatureTapConfig", "PixelLatentConfig", "REGISTRY", "SubstrateConfig"]

@@ -4,6 +4,12 @@
 future held at flow time tau (1 = pure noise: VPP, GE; below 1 the future is first partially
 denoised: mimic-video's tau_v) up to block `layer`; the states are cached and every action
 denoising step reads them. Blocks after the tap never run at inference.
+
+`feature.encoder_only` (Fast-WAM): the trunk encodes the observed frames alone (context + current,
+clean at t = 0; no future tokens at all) and the head reads every block's self-attention keys and
+values of those tokens (a `KVCache` prefill), joining them layer by layer as a mixture of
+transformers. The future is still trained (the video objective) but never generated to act: that
+is what makes acting cheap, one trunk pass over the observed frames per chunk.
 """
 from __future__ import annotations
 
@@ -39,3 +45,33 @@ class FeatureTap:
 
     def context(self, tapped: dict[int, torch.Tensor], layerwise: bool, **_) -> torch.Tensor | list[torch.Tensor]:
         return [tapped[i] for i in self.taps(True)] if layerwise else tapped[self.layer]
+
+
+class FeatureEncoderOnlyConfig(Strict):
+    kind: Literal["feature.encoder_only"] = "feature.encoder_only"
+
+
+class FeatureEncoderOnly:
+    label = "Feature (encoder-only)"
+    reads_prediction = False  # the head reads keys/values inside the blocks, never the trunk's output head
+    # capability the coupling branches on: the head reads the trunk's per-block keys/values of the observed
+    # frames alone (a KVCache prefill at t = 0), so no future token is ever computed for an action
+    reads_observed_cache = True
+    noise = 0.0  # the frames it reads are observed, hence clean
+
+    def __init__(self, cfg: FeatureEncoderOnlyConfig, trunk_layers: int):
+        self.layer = trunk_layers  # every block is read
+
+    def taps(self, layerwise: bool) -> tuple[int, ...]:
+        return ()  # no hidden states are tapped: the keys/values come from the cache
+
+    def context_dim(self, trunk) -> int:
+        return trunk.dim
+
+    def head_space(self, trunk) -> dict[str, int]:
+        """What a mixture head joins: the trunk's block count and attention heads (head_dim = dim / heads)."""
+        return {"layers": len(trunk.blocks), "heads": trunk.blocks[0].attn1.heads}
+
+    def context(self, cache, **_) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A prefilled `KVCache` of the observed frames -> one (keys, values) [B, heads, L_obs, head_dim] per block."""
+        return [(layer.k, layer.v) for layer in cache.layers]
