@@ -1,4 +1,4 @@
-"""The four recipes (mimic_video, genie_envisioner, dit4dit, uwm) trained at the same budget on the
+"""The recipes (mimic_video, genie_envisioner, dit4dit, uwm, fast_wam) trained at the same budget on the
 quickstart's data through the real CLI (`wamforge run`: build -> train -> export -> closed-loop
 Meta-World eval), side by side: each recipe's survey 4-tuple, its success rate beside the scripted
 expert's and the random policy's (from the same summary.json), its chunk latency and peak memory.
@@ -19,7 +19,7 @@ Both use one fixed torch.Generator seed, so true and shuffled see the same noise
 
     .venv/bin/python benchmarks/bench_recipes.py [--steps 60,60,120 --episodes 2 --world-size 1] [--quiet]
 
-Defaults as measured on 2 shared CPU cores: the four recipes train, export and evaluate in ~13 min
+Defaults as measured on 2 shared CPU cores: the recipes train, export and evaluate in ~3.5 min each
 (plus ~2.5 min for the shared data build and ~1 min for the held-out one, once). One rank with 2
 threads steps in ~0.55 s; 2 ranks with 1 thread each in ~1.0 s (same samples/s), so at a fixed step
 budget world size 1 is the faster one. At 60 joint steps UWM's dynamics gaps are still ~0; with
@@ -49,7 +49,7 @@ from wamforge.config.paths import RunPaths  # noqa: E402
 from wamforge.model_zoo.build import design  # noqa: E402
 
 QUICKSTART = ROOT / "configs/experiments/quickstart.yaml"
-RECIPES = ("mimic_video", "genie_envisioner", "dit4dit", "uwm")
+RECIPES = ("mimic_video", "genie_envisioner", "dit4dit", "uwm", "fast_wam")
 console = Console(width=int(os.environ.get("COLUMNS", 180)))
 
 

@@ -234,11 +234,11 @@ class WanDiT(nn.Module):
         """The trunk as the couplings see it: flow time per latent frame frame_t [B, F] in [0, 1]
         (0 clean, 1 noise) -> (velocity, or None when stopped at block `stop_at`; tapped states)."""
         grid = self.grid(latents)
+        # per token, as Wan2.2 TI2V: embedding per frame and repeating would give the same forward but
+        # sum the weight gradients in another order, and training would drift from earlier runs by rounding
+        timestep = frame_t.repeat_interleave(grid[1] * grid[2], dim=1) * NUM_TRAIN_TIMESTEPS
         x, out = self.embed(latents), None
-        # one flow time per frame: embed each frame's once, then give it to every token of the frame
-        temb, timestep_proj, context = self.condition(frame_t * NUM_TRAIN_TIMESTEPS, text_emb)
-        per_frame = grid[1] * grid[2]
-        temb, timestep_proj = temb.repeat_interleave(per_frame, 1), timestep_proj.repeat_interleave(per_frame, 1)
+        temb, timestep_proj, context = self.condition(timestep, text_emb)
         x, tapped = self.run_blocks(x, context, timestep_proj, self.rope(*grid, latents.device), text_mask,
                                     taps=taps, stop_at=stop_at)
         if x is not None:
