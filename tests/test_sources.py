@@ -64,7 +64,7 @@ def test_lerobot_build_quarantines_a_parquet_without_actions(tmp_path):
         "format": "lerobot", "kind": "teleop", "embodiment": "so100",
         "path": str(formats.write_lerobot_v21(tmp_path / "ds", [12, 14, 11], drop_action_in=1))}}
     raw["data"]["fps"] = 30
-    raw["model"]["action_expert"]["horizon"] = 4
+    raw["model"]["regime"]["horizon"] = 4
     for stage in raw["stages"]:
         stage["mixture"] = {"weights": {"so100_demo": 1.0}}
     cfg = validate(raw)
