@@ -18,7 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch first, so that no dependency pulls a CUDA build on CPU machines
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,rlds]'
+	# libero: LIBERO's simulator and ~340 MiB of assets; it leaves torch, mujoco and numpy as they are
+	$(PY) -m pip install -q -e '.[test,rlds,libero,aloha]'
 	# torchcodec's wheel is built against one torch release: no deps, so it cannot swap torch
 	$(PY) -m pip install -q --no-deps torchcodec==0.13.0
 	touch $@

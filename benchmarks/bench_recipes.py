@@ -69,7 +69,7 @@ def base_raw(args) -> dict:
         stage["warmup_steps"] = min(stage.get("warmup_steps", 0), max(1, steps // 10))
         for point in stage["mixture"].get("curriculum", []):  # the curriculum keeps its shape over fewer steps
             point["step"] = round(point["step"] * steps / 400)
-    raw["eval"].update(episodes=args.episodes, max_steps=args.max_steps)
+    raw["eval"].update(episodes=args.episodes, max_steps=args.max_steps, workers=1, videos=0, future_windows=0)
     return raw
 
 
@@ -144,7 +144,7 @@ def dynamics_gaps(export_dir: Path, heldout_dir: Path, args) -> dict:
     from wamforge.data_pipeline.loader.collate import Collator, Normalizer
     from wamforge.data_pipeline.loader.shard_stream import ShardStream
     from wamforge.model_zoo.inference import Inference
-    from wamforge.training.policy import load_policy
+    from wamforge.evaluation.policy import load_policy
 
     policy = load_policy(export_dir, device="cpu" if not torch.cuda.is_available() else None)
     model, cfg = policy.model.eval(), policy.cfg
@@ -218,7 +218,7 @@ def dynamics_gaps(export_dir: Path, heldout_dir: Path, args) -> dict:
 
 def print_report(res: dict) -> None:
     table = Table(title=f"recipes at one budget: steps video/joint/action = {'/'.join(map(str, res['steps']))}, "
-                        f"{res['eval']['episodes']} episodes x {len(res['eval']['tasks'])} tasks, "
+                        f"{res['eval']['episodes']} episodes x {len(res['eval']['suite']['tasks'])} tasks, "
                         f"world size {res['world_size']}")
     for col, justify in (("recipe", "left"), ("4-tuple (substrate | backbone | coupling | regime)", "left"),
                          ("set to fit the quickstart trunk", "left"), ("success", "right"), ("expert", "right"),
@@ -233,8 +233,8 @@ def print_report(res: dict) -> None:
             continue
         ev, lat, mem = s["eval"], s.get("latency_ms", {}), s.get("peak_memory_mb", {})
         last = s["stages"][-1].get("last_loss", float("nan"))
-        table.add_row(name, " | ".join(r["design"]), "; ".join(r["set"]), f"{ev['policy']['success_rate']:.2f}",
-                      f"{ev['expert']['success_rate']:.2f}", f"{ev['random']['success_rate']:.2f}",
+        table.add_row(name, " | ".join(r["design"]), "; ".join(r["set"]), f"{ev['policy']['pc_success'] / 100:.2f}",
+                      f"{ev['expert']['pc_success'] / 100:.2f}", f"{ev['random']['pc_success'] / 100:.2f}",
                       f"{lat.get('p50', float('nan')):.1f}", f"{lat.get('p95', float('nan')):.1f}",
                       f"{mem.get('rss', float('nan')):.0f}", f"{last:.3f}", f"{r['wall_s']:.0f}")
     console.print(table)

@@ -48,7 +48,8 @@ TINY = {
         {"name": "finetune_action", "objective": "action", "steps": 6, "lr": 1e-3,
          "trainable": ["action_expert.*", "embodiments.*"], "mixture": {"weights": {"sim": 1.0}}},
     ],
-    "eval": {"tasks": ["reach-v3"], "episodes": 1, "max_steps": 12, "execute_steps": 4, "flow_steps": 2},
+    "eval": {"suite": {"kind": "metaworld", "tasks": ["reach-v3"]}, "episodes": 1, "max_steps": 12, "execute_steps": 4,
+             "flow_steps": 2, "videos": 1, "future_windows": 1},
 }
 
 

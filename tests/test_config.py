@@ -44,8 +44,8 @@ def test_mixture_of_unknown_source_is_rejected(tmp_path):
 
 def test_set_overrides_nested_and_list_values(tmp_path):
     path = write_config(tiny_config(tmp_path), tmp_path / "c.yaml")
-    cfg = load_config(path, ["training.world_size=1", "stages.2.steps=9", "eval.tasks=[a, b]"])
-    assert cfg.training.world_size == 1 and cfg.stages[2].steps == 9 and cfg.eval.tasks == ["a", "b"]
+    cfg = load_config(path, ["training.world_size=1", "stages.2.steps=9", "eval.suite.tasks=[a, b]"])
+    assert cfg.training.world_size == 1 and cfg.stages[2].steps == 9 and cfg.eval.suite.tasks == ["a", "b"]
 
 
 @pytest.mark.parametrize("axis, kind", [("coupling", "action_conditioned_rollout"), ("substrate", "geometric.flow"),

@@ -1,17 +1,14 @@
-"""Meta-World source and closed-loop evaluation, on real (headless) simulation."""
+"""The Meta-World source, on real (headless) simulation."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 
 from wamforge.config.data import DataConfig, SourceConfig
-from wamforge.config.evaluation import EvalConfig
 from wamforge.data_pipeline.sources import metaworld_env as mw
 from wamforge.data_pipeline.sources.metaworld import SUCCESS_TAIL_STEPS, MetaWorldSource
-from wamforge.training.evaluate import evaluate
 
 
 def make_source(tasks=("reach-v3",), episodes=2, max_steps=120, seed=0) -> MetaWorldSource:
@@ -93,39 +90,6 @@ def test_failures_are_kept_and_flagged():
     ep.validate()
     assert len(ep.frames) == 8
     assert ep.extra["success"] is False and ep.extra["success_step"] is None
-
-
-class ZeroPolicy:
-    horizon = 8
-
-    def act(self, observation: dict, instruction: str) -> np.ndarray:
-        assert observation["image"].shape == (1, 64, 64, 3) and observation["image"].dtype == np.uint8
-        assert observation["proprio"].shape == (4,) and observation["proprio"].dtype == np.float32
-        assert instruction == "reach the goal"
-        return np.zeros((self.horizon, 4), np.float32)
-
-
-def test_evaluate_compares_three_controllers_on_the_same_seeds(tmp_path):
-    cfg = EvalConfig(tasks=["reach-v3"], episodes=1, max_steps=80, execute_steps=4)
-    report = evaluate(ZeroPolicy(), cfg, resolution=(64, 64), camera="corner", out_dir=tmp_path)
-
-    assert json.loads((tmp_path / "report.json").read_text()) == report
-    assert (tmp_path / "report.png").stat().st_size > 1000
-    controllers = report["controllers"]
-    assert set(controllers) == {"policy", "expert", "random"}
-    for summary in controllers.values():
-        assert {"success_rate", "per_task", "mean_episode_length", "episodes"} <= set(summary)
-        seeds = [(e["task"], e["seed"]) for e in summary["episodes"]]
-        assert seeds == [("reach-v3", report["seeds"]["reach-v3"][0])]
-    assert controllers["expert"]["success_rate"] == 1.0
-    assert controllers["expert"]["success_rate"] >= controllers["random"]["success_rate"]
-    assert controllers["expert"]["mean_episode_length"] < cfg.max_steps  # stops at success
-    policy = controllers["policy"]
-    assert policy["success_rate"] == 0.0 and policy["mean_episode_length"] == cfg.max_steps
-    assert policy["latency_ms"]["calls"] == math.ceil(cfg.max_steps / cfg.execute_steps)  # re-plans every K
-    assert 0 <= policy["latency_ms"]["p50"] <= policy["latency_ms"]["p95"]
-    assert policy["peak_memory_mb"]["rss"] > 0
-    assert report["execute_steps"] == 4 and report["config"]["max_steps"] == 80
 
 
 def test_several_cameras_record_the_same_steps():

@@ -1,5 +1,6 @@
 """Source adapters read their formats as written by the formats' own libraries."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from wamforge.config.paths import RunPaths
 from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.build.pipeline import build_dataset
 from wamforge.data_pipeline.sources import make_source
+from wamforge.data_pipeline.video import encode_mp4
 
 
 def lerobot_source(path, fps=30.0, **fields):
@@ -112,11 +114,15 @@ def test_robomimic_bad_demo_is_one_clear_error(tmp_path, kind, message):
 
 
 def build_one_source(tmp_path, source: dict):
+    return build_sources(tmp_path, {"src": source})
+
+
+def build_sources(tmp_path, sources: dict):
     raw = tiny_config(tmp_path)
-    raw["data"]["sources"] = {"src": source}
+    raw["data"]["sources"] = sources
     raw["model"]["max_action_dim"] = raw["model"]["max_proprio_dim"] = 16
     for stage in raw["stages"]:
-        stage["mixture"] = {"weights": {"src": 1.0}}
+        stage["mixture"] = {"weights": {name: 1.0 for name in sources}}
     cfg = validate(raw)
     manifest = build_dataset(cfg)
     out = RunPaths.of(cfg).data
@@ -142,6 +148,63 @@ def test_web_video_is_cut_into_clips_and_bad_inputs_are_quarantined(tmp_path):
     assert "caption line 5 of captions.csv is not valid UTF-8" in reasons["bad_caption"]
     assert "'../evil.mp4' escapes the archive's folder" in reasons["shard-000/../evil"]
     assert len(quarantine) == 4 and manifest["quarantined"] == 4
+
+
+# a bad caption line of each kind, after a good one: (caption file, the line, what its reason says)
+BAD_CAPTION_LINES = [
+    ("captions.jsonl", '{"video": "a.mp4", "caption": ', "is not valid JSON (Expecting value at column 31)"),
+    ("captions.jsonl", '["a.mp4", "a list"]', "is a JSON list, not an object"),
+    ("captions.jsonl", '{"video": "gone.mp4"}', "lists 'gone.mp4', which is not in the folder or its tar archives"),
+    ("captions.jsonl", '{"video": "a.mp4", "start": 1.5, "end": 0.5}', "has start 1.5 and end 0.5; a segment needs 0 <= start < end"),
+    ("captions.jsonl", '{"video": "a.mp4", "start": -1, "end": 1}', "has start -1 and end 1; a segment needs 0 <= start < end"),
+    ("captions.csv", "a.mp4,only a caption", "has 2 fields where the header has 4"),
+    ("captions.csv", "a.mp4,a caption,zero,1.5", "has start 'zero' and end '1.5', not both numbers of seconds"),
+    ("captions.csv", ",no video,,", "names no video (video, path or videoid)"),
+]
+
+
+def write_captioned_videos(root, caption_file: str, bad_lines: list[str]):
+    """a.mp4 and b.mp4 (real encoded clips), b captioned on line 1 (after the csv header), then `bad_lines`."""
+    root.mkdir(parents=True)
+    for name, background in [("a", (200, 40, 40)), ("b", (40, 40, 200))]:
+        (root / f"{name}.mp4").write_bytes(encode_mp4(formats.moving_square(20, background), 10))
+    good = "b.mp4,a blue scene,," if caption_file.endswith(".csv") else json.dumps({"video": "b.mp4", "caption": "a blue scene"})
+    header = ["video,caption,start,end"] if caption_file.endswith(".csv") else []
+    (root / caption_file).write_text("\n".join(header + [good] + bad_lines) + "\n")
+    return len(header) + 2  # the first bad line's number
+
+
+@pytest.mark.parametrize("caption_file, line, reason", BAD_CAPTION_LINES)
+def test_a_bad_caption_line_is_one_bad_item_naming_its_file_and_line(tmp_path, caption_file, line, reason):
+    number = write_captioned_videos(tmp_path / "web", caption_file, [line])
+    cfg = SourceConfig(format="video_folder", kind="internet", embodiment="none", path=str(tmp_path / "web"),
+                       caption_file=caption_file)
+    source = make_source("web", cfg, DataConfig(sources={}, fps=10.0, resolution=(formats.SIZE, formats.SIZE)))
+    built, bad = {}, []
+    for spec in source.episode_specs():
+        try:
+            built.update({episode.episode: episode.language for episode in source.clips(spec)})
+        except ValueError as err:
+            bad.append((spec["caption_file"], spec["line"], str(err)))
+    assert bad == [(str(tmp_path / "web" / caption_file), number, f"caption line {number} of {caption_file} {reason}")]
+    assert built["b"] == "a blue scene" and set(built) <= {"a", "b"}
+
+
+def test_bad_caption_lines_are_quarantined_with_file_and_line_and_the_rest_is_built(tmp_path):
+    sources, expected = {}, {}
+    for caption_file in ("captions.jsonl", "captions.csv"):
+        bad = [(line, reason) for file, line, reason in BAD_CAPTION_LINES if file == caption_file]
+        name, root = caption_file.split(".")[1], tmp_path / caption_file.replace(".", "_")
+        first = write_captioned_videos(root, caption_file, [line for line, _ in bad])
+        sources[name] = {"format": "video_folder", "kind": "internet", "embodiment": "none", "path": str(root),
+                         "caption_file": caption_file}
+        expected.update({(name, caption_file, first + i): f"ValueError: caption line {first + i} of {caption_file} {reason}"
+                         for i, (_, reason) in enumerate(bad)})
+    manifest, quarantine, metas = build_sources(tmp_path, sources)
+    assert {(q["source"], Path(q["spec"]["caption_file"]).name, q["spec"]["line"]): q["reason"]
+            for q in quarantine} == expected
+    assert manifest["quarantined"] == len(quarantine) == len(BAD_CAPTION_LINES)
+    assert {(m["source"], m["episode"], m["language"]) for m in metas} == {(n, "b", "a blue scene") for n in sources}
 
 
 def test_egocentric_narrations_become_human_episodes_with_hand_actions(tmp_path):

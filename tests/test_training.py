@@ -207,19 +207,30 @@ def test_a_bf16_export_is_half_the_size_and_acts_like_the_fp32_one(trained, tmp_
         export(cfg, out=tmp_path / "fp8", dtype="fp8")
 
 
-def test_eval_runs_an_episode_with_bounds(trained, tmp_path):
+def test_eval_reports_the_policy_its_futures_and_videos(trained, tmp_path):
     from wamforge import load_policy
-    from wamforge.training.evaluate import evaluate
+    from wamforge.evaluation import evaluate
     from wamforge.training.export import export
 
     _, cfg = trained
     out = export(cfg, out=tmp_path / "export")
-    report = evaluate(load_policy(out), cfg.eval, resolution=tuple(cfg.data.resolution), camera="corner",
+    policy = load_policy(out)
+    report = evaluate(policy, cfg.eval, resolution=tuple(cfg.data.resolution), camera="corner",
                       out_dir=tmp_path / "eval")
     assert set(report["controllers"]) == {"policy", "expert", "random"}
-    policy = report["controllers"]["policy"]
-    assert policy["latency_ms"]["calls"] >= 1 and policy["latency_ms"]["p95"] >= policy["latency_ms"]["p50"] > 0
-    assert (tmp_path / "eval" / "report.png").stat().st_size > 0
+    overall = report["controllers"]["policy"]["overall"]
+    assert overall["latency_ms"]["calls"] >= 1 and overall["latency_ms"]["p95"] >= overall["latency_ms"]["p50"] > 0
+    assert overall["denoising_steps"]["action_steps"] == cfg.eval.flow_steps
+    assert (tmp_path / "eval" / overall["video_paths"][0]).stat().st_size > 1000
+    # the predicted future of a held-out window, scored against the real frames and shown beside them
+    held_out, training = report["futures"]["held_out"], report["futures"]["training"]
+    assert held_out["windows"][0]["seed"] != training["windows"][0]["seed"]
+    assert 0 < held_out["psnr"] < 100 and -1 <= held_out["ssim"] <= 1 and held_out["action_mse"] >= 0
+    assert (tmp_path / "eval" / held_out["windows"][0]["video"]).stat().st_size > 1000
+    frames = np.zeros((1 + cfg.data.context_frames, 1, 64, 64, 3), np.uint8)
+    future = policy.imagine(frames, np.zeros(4, np.float32), "reach the goal")
+    assert future.shape == (cfg.data.clip_frames - 1 - cfg.data.context_frames, 1, 64, 64, 3)
+    assert future.dtype == np.uint8
 
 
 def test_cli_export_and_eval(trained):
@@ -228,9 +239,9 @@ def test_cli_export_and_eval(trained):
     path, cfg = trained
     paths = RunPaths.of(cfg)
     assert main(["export", str(path)]) == 0
-    assert main(["eval", str(path)]) == 0
+    assert main(["eval", str(path), "--set", "eval.future_windows=0", "--set", "eval.videos=0"]) == 0
     report = json.loads((paths.eval / "report.json").read_text())
-    assert report["tasks"] == ["reach-v3"] and report["execute_steps"] == 4
+    assert report["tasks"] == ["reach-v3"] and report["protocol"]["execute_steps"] == 4
     card = (paths.export / "README.md").read_text()
     assert "post_prediction_head" in card and "finetune_action" in card
 

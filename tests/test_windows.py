@@ -20,7 +20,7 @@ from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.vae import encode_views, make_vae
 from wamforge.model_zoo.build import build_model
 from wamforge.model_zoo.inference import Inference
-from wamforge.training.policy import Policy
+from wamforge.evaluation.policy import Policy
 
 LENGTH = 30
 

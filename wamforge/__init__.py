@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 
 def load_policy(directory, device=None, inference=None):
-    """Load an exported policy (no DeepSpeed needed); see wamforge.training.policy."""
-    from wamforge.training.policy import load_policy as _load
+    """Load an exported policy (no DeepSpeed needed); see wamforge.evaluation.policy."""
+    from wamforge.evaluation.policy import load_policy as _load
 
     return _load(directory, device=device, inference=inference)
 

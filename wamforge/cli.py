@@ -77,10 +77,27 @@ def cmd_export(cfg: ExperimentConfig, args) -> int:
 
 
 def cmd_eval(cfg: ExperimentConfig, args) -> int:
-    report = _evaluate(cfg, Path(args.policy) if args.policy else RunPaths.of(cfg).export)
+    policy = Path(args.policy) if args.policy else RunPaths.of(cfg).export
+    baselines = dict(_named_dir(item) for item in args.baseline)
+    if args.sweep:
+        from wamforge.evaluation.budget import parse_sweeps, sweep
+
+        out = RunPaths.of(cfg).eval / "budget"
+        budget = sweep(cfg, parse_sweeps(args.sweep), lambda point, d: _evaluate(point, policy, d), out)
+        console.print(f"[green]budget sweep[/] of {len(budget['points'])} points written to {out / 'budget.json'}")
+        _print_budget(budget)
+        return 0
+    report = _evaluate(cfg, policy, baselines=baselines)
     console.print(f"[green]evaluation[/] written to {RunPaths.of(cfg).eval / 'report.json'}")
     _print_eval(report)
     return 0
+
+
+def _named_dir(item: str) -> tuple[str, Path]:
+    name, _, directory = item.partition("=")
+    if not name or not directory:
+        raise ValueError(f"--baseline {item!r}: expected NAME=EXPORT_DIR, e.g. --baseline no_future=runs/x/export")
+    return name, Path(directory)
 
 
 def cmd_run(cfg: ExperimentConfig, args) -> int:
@@ -104,9 +121,10 @@ def cmd_run(cfg: ExperimentConfig, args) -> int:
     export(cfg)
     report = _evaluate(cfg, paths.export)
     stages = [{"stage": s.name, **stage_summary(paths.stage(s.name) / "metrics.jsonl")} for s in cfg.stages]
-    policy = report["controllers"].get("policy", {})
-    summary = {"stages": stages, "eval": report["controllers"], "latency_ms": policy.get("latency_ms", {}),
-               "peak_memory_mb": policy.get("peak_memory_mb", {}), "wall_seconds": round(time.time() - started, 1)}
+    policy = report["controllers"]["policy"]["overall"]
+    summary = {"stages": stages, "eval": {name: info["overall"] for name, info in report["controllers"].items()},
+               "latency_ms": policy.get("latency_ms", {}), "peak_memory_mb": policy["peak_memory_mb"],
+               "wall_seconds": round(time.time() - started, 1)}
     (paths.root / "summary.json").write_text(json.dumps(summary, indent=1))
     _print_summary(summary)
     return 0
@@ -279,23 +297,42 @@ def save_resolved(cfg: ExperimentConfig) -> Path:
     return path
 
 
-def _evaluate(cfg: ExperimentConfig, policy_dir: Path) -> dict:
-    from wamforge.training.evaluate import evaluate
-    from wamforge import load_policy
+def _evaluate(cfg: ExperimentConfig, policy_dir: Path, out_dir: Path | None = None,
+              baselines: dict | None = None) -> dict:
+    from wamforge.evaluation import evaluate, load_policy
 
     source = cfg.data.sources[cfg.eval.source]
-    # the knobs of this command's config (and its --set), not those the export was made with
-    return evaluate(load_policy(policy_dir, inference=cfg.eval.inference()), cfg.eval,
-                    resolution=tuple(cfg.data.resolution),
-                    camera=source.camera, out_dir=RunPaths.of(cfg).eval)
+    # the knobs of this command's config (and its --set), not those the export was made with; in
+    # parallel, each worker loads its own copy from the directory
+    policy = policy_dir if cfg.eval.workers > 1 or cfg.eval.ray_address else \
+        load_policy(policy_dir, inference=cfg.eval.inference())
+    return evaluate(policy, cfg.eval, resolution=tuple(cfg.data.resolution), camera=source.camera,
+                    out_dir=out_dir or RunPaths.of(cfg).eval, baselines=baselines, fps=cfg.data.fps)
 
 
 def _print_eval(report: dict) -> None:
-    table = Table(title="closed-loop evaluation")
-    for col in ("controller", "success rate", "mean episode length"):
+    table = Table(title=f"closed-loop evaluation on {report.get('suite', 'the suite')}")
+    for col in ("controller", "success (95% interval)", "sustained horizon", "latency p50 / p95 (ms)", "failures"):
         table.add_column(col)
-    for name, c in report.get("controllers", {}).items():
-        table.add_row(name, f"{c['success_rate']:.2f}", f"{c['mean_episode_length']:.1f}")
+    for name, info in report.get("controllers", {}).items():
+        o = info["overall"] if "overall" in info else info
+        latency = o.get("latency_ms")
+        table.add_row(name, f"{o['pc_success']:.0f}% [{o['interval'][0]:.0f}, {o['interval'][1]:.0f}]",
+                      f"{o['sustained_horizon']:.1f}",
+                      f"{latency['p50']:.1f} / {latency['p95']:.1f}" if latency else "-",
+                      str(sum(o["failures"].values())))
+    console.print(table)
+
+
+def _print_budget(budget: dict) -> None:
+    table = Table(title="accuracy at budget")
+    for col in (*budget["grid"], "success", "latency p50 (ms)", "peak RSS (MiB)", "frontier"):
+        table.add_column(col)
+    for p in budget["points"]:
+        latency = p["latency_ms"]["p50"] if p["latency_ms"] else float("nan")
+        table.add_row(*(str(v) for v in p["settings"].values()),
+                      f"refused: {p['refused']}" if p["refused"] else f"{p['pc_success']:.0f}%",
+                      f"{latency:.1f}", f"{p['peak_memory_mb']:.0f}", "*" if p["on_frontier"] else "")
     console.print(table)
 
 
@@ -342,6 +379,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("eval", cmd_eval, "closed-loop evaluation of an exported policy")
     p.add_argument("--policy", default=None, help="export directory (default: runs/<name>/export)")
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME=DIR",
+                   help="another export evaluated beside the policy on the same seeds (repeatable)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="accuracy at budget: evaluate every combination, e.g. --sweep eval.flow_steps=1,2,4,8")
 
     curriculum = sub.add_parser("curriculum", help="mixture curricula").add_subparsers(
         dest="curriculum_command", required=True)

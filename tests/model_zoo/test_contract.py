@@ -175,7 +175,7 @@ def test_sample_actions_is_a_finite_chunk_zero_outside_the_action_mask(name, tmp
 def test_export_then_load_policy_acts_in_raw_units_with_the_saved_weights(name, built, tmp_path):
     from wamforge.training.checkpoint import save_weights
     from wamforge.training.export import export
-    from wamforge.training.policy import load_policy
+    from wamforge.evaluation.policy import load_policy
 
     built_cfg, _ = built
     raw = tiny_config(tmp_path, model=CASES[name].model_block)

@@ -60,9 +60,11 @@ def _is_union_tag(part) -> bool:
 
 
 def _union_tags() -> set[str]:
+    from wamforge.evaluation import suites
     from wamforge.model_zoo import backbones, couplings, heads, regimes, substrates, trunks, vae
 
-    return {k for registry in (backbones, couplings, heads, regimes, substrates, trunks, vae) for k in registry.REGISTRY}
+    return {k for registry in (backbones, couplings, heads, regimes, substrates, trunks, vae, suites)
+            for k in registry.REGISTRY}
 
 
 def apply_override(raw: dict, item: str, source: Path | str = "--set") -> None:

@@ -159,3 +159,19 @@ class WorldActionModel(nn.Module):
         dims seen in training."""
         return self.coupling.act(self, self.encode_video(video), proprio, proprio_mask, embodiment_id, text,
                                  inference, generator, action_mask)
+
+    @torch.no_grad()
+    def imagine(self, video: torch.Tensor, proprio: torch.Tensor, proprio_mask: torch.Tensor,
+                embodiment_id: torch.Tensor, text: list[str], inference: Inference = Inference(),
+                generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Context and current frames [B, 1 + context_frames, V, 3, H, W] -> the predicted future
+        decoded to pixels [B, T_future, V, 3, H, W] in [-1, 1]; None when the design predicts none."""
+        observed = self.encode_video(video)
+        future = self.coupling.imagine(self, observed, proprio, proprio_mask, embodiment_id, text, inference,
+                                       generator)
+        if future is None:
+            return None
+        frames = self.vae.decode(torch.cat([observed, future], dim=2)).float()  # [B, T, 3, H, V * W]
+        views = video.shape[2]
+        frames = frames.unflatten(-1, (views, -1)).permute(0, 1, 4, 2, 3, 5)  # views untiled
+        return frames[:, video.shape[1]:].clamp(-1, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -36,14 +37,16 @@ class VideoFolderSource:
         if not self.root.is_dir():
             raise FileNotFoundError(f"source '{self.name}': video folder {self.root} does not exist")
         listing = read_listing(self.root / self.cfg.caption_file)
-        specs = []
+        specs, found = [], set()
         for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
             rel = path.relative_to(self.root).as_posix()
+            found.add(rel)
             specs += _with_segments({"path": str(path), "episode": str(PurePosixPath(rel).with_suffix(""))},
                                     listing.get(rel))
         for archive in sorted(self.root.rglob("*.tar")):
             specs += archive_specs(archive, listing)
-        return specs
+        found |= {spec["member"] for spec in specs if "member" in spec}
+        return specs + unmatched_rows({video: rows for video, rows in listing.items() if video not in found})
 
     def clips(self, spec: dict):
         """The spec's video as Episodes, one per clip, or Rejected clips with their reason."""
@@ -67,37 +70,72 @@ class VideoFolderSource:
 
 
 def read_listing(path: Path) -> dict[str, list[dict]]:
-    """Caption rows by video (relative path or archive member). A line that is not UTF-8 becomes a
-    row with an `error`, so only its video is quarantined."""
+    """Caption rows by video (relative path or archive member), each with its `caption_file` and
+    `line`. A line that cannot be read (not UTF-8, not JSON, fields missing, a bad segment) becomes a
+    row with an `error`, so only its video is quarantined; one that names no video is kept under "".
+    """
     if not path.exists():
         return {}
-    rows = []
-    raw_lines = path.read_bytes().splitlines()
-    if path.suffix == ".csv":
-        header = next(csv.reader([raw_lines[0].decode("utf-8", "replace")]))
-        for number, raw in enumerate(raw_lines[1:], start=2):
-            fields = dict(zip(header, next(csv.reader([raw.decode("utf-8", "replace")]), [])))
-            rows.append(_row(fields, raw, number, path))
-    else:
-        for number, raw in enumerate(raw_lines, start=1):
-            if raw.strip():
-                rows.append(_row(json.loads(raw.decode("utf-8", "replace")), raw, number, path))
+    lines = list(enumerate(path.read_bytes().splitlines(), start=1))
+    header = None  # a JSON object per line
+    if path.suffix == ".csv" and lines:
+        header = next(csv.reader([lines.pop(0)[1].decode("utf-8-sig", "replace")]), [])
     listing: dict[str, list[dict]] = {}
-    for row in rows:
-        listing.setdefault(row.pop("video"), []).append(row)
+    for number, raw in lines:
+        if raw.strip():
+            row = {"caption_file": str(path), "line": number, **_row(raw, header)}
+            if "error" in row:
+                row["error"] = f"caption line {number} of {path.name} {row['error']}"
+            listing.setdefault(row.pop("video"), []).append(row)
     return listing
 
 
-def _row(fields: dict, raw: bytes, number: int, path: Path) -> dict:
-    video = fields.get("video") or fields.get("path") or (f"{fields['videoid']}.mp4" if fields.get("videoid") else "")
-    row = {"video": video, "caption": fields.get("caption") or fields.get("narration") or fields.get("name") or ""}
-    if fields.get("start") not in (None, "") and fields.get("end") not in (None, ""):
-        row["segment"] = [float(fields["start"]), float(fields["end"])]
+def _row(raw: bytes, header: list[str] | None) -> dict:
+    """One caption line (a csv row under `header`, or a JSON object) as video, caption and segment,
+    or as whatever of those it names with the `error` that makes it unusable."""
+    text = raw.decode("utf-8", "replace")
+    if header is not None:
+        values = next(csv.reader([text]))
+        fields = dict(zip(header, values))
+        if len(values) != len(header):
+            return {"video": _video(fields), "error": f"has {len(values)} fields where the header has {len(header)}"}
+    else:
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as err:
+            return {"video": "", "error": f"is not valid JSON ({err.msg} at column {err.colno})"}
+        if not isinstance(fields, dict):
+            return {"video": "", "error": f"is a JSON {type(fields).__name__}, not an object"}
+    row = {"video": _video(fields), "caption": fields.get("caption") or fields.get("narration") or fields.get("name") or ""}
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        row["error"] = f"caption line {number} of {path.name} is not valid UTF-8 ({err.reason} at byte {err.start})"
+        return {**row, "error": f"is not valid UTF-8 ({err.reason} at byte {err.start})"}
+    if not row["video"]:
+        return {**row, "error": "names no video (video, path or videoid)"}
+    start, end = (fields.get(k) for k in ("start", "end"))
+    if start in (None, "") and end in (None, ""):
+        return row
+    try:
+        row["segment"] = [float(start), float(end)]
+    except (TypeError, ValueError):
+        return {**row, "error": f"has start {start!r} and end {end!r}, not both numbers of seconds"}
+    if not 0 <= row["segment"][0] < row["segment"][1] < math.inf:
+        return {**row, "error": f"has start {start} and end {end}; a segment needs 0 <= start < end"}
     return row
+
+
+def _video(fields: dict) -> str:
+    return fields.get("video") or fields.get("path") or (f"{fields['videoid']}.mp4" if fields.get("videoid") else "")
+
+
+def unmatched_rows(listing: dict[str, list[dict]]) -> list[dict]:
+    """Specs for the caption rows left over once every video took its own: each is quarantined,
+    with its error, or as listing a video that is not there."""
+    return [{"episode": f"{Path(row['caption_file']).name}:{row['line']}", "video": video, **row,
+             "error": row.get("error") or f"caption line {row['line']} of {Path(row['caption_file']).name} "
+                                          f"lists {video!r}, which is not in the folder or its tar archives"}
+            for video, rows in listing.items() for row in rows]
 
 
 def _with_segments(spec: dict, rows: list[dict] | None) -> list[dict]:

@@ -40,3 +40,9 @@ class Coupling:
             inference, generator=None, action_mask=None) -> torch.Tensor:
         """Observed latents [B, C, c, h, w] -> normalized action chunk [B, H, A_max]."""
         raise NotImplementedError
+
+    def imagine(self, model, observed: torch.Tensor, proprio, proprio_mask, embodiment_id, text: list[str],
+                inference, generator=None) -> torch.Tensor | None:
+        """Observed latents -> the predicted future latents [B, C, F_f, h, w], or None for a design
+        that predicts no future at inference."""
+        return None

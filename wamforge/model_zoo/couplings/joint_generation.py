@@ -167,6 +167,12 @@ class JointGeneration(Coupling):
                                  proprio_mask, embodiment_id, text, inference, generator, action_mask)
         return actions
 
+    def imagine(self, model, observed, proprio, proprio_mask, embodiment_id, text, inference: Inference,
+                generator=None):
+        """The future denoised jointly with the actions: what the WAM predicts will follow them."""
+        return self.sample(model, "joint", observed, proprio, proprio_mask, embodiment_id, text, inference,
+                           generator)[1]
+
     @torch.no_grad()
     def sample(self, model, mode: str, observed, proprio, proprio_mask, embodiment_id, text, inference: Inference,
                generator=None, action_mask=None, actions=None, future=None):

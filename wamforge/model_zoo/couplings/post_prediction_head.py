@@ -177,18 +177,36 @@ class PostPredictionHead(Coupling):
             actions = flow.euler(actions, v, t, t_next)
         return actions * mask
 
-    def _context(self, model, observed, future, text, end: float, video_steps: int):
-        """Denoise the future from 1 to `end` with the full trunk, then read it as the head was trained to."""
-        flow, substrate, clean = model.backbone, model.substrate, observed.shape[2]
-        batch = len(observed)
+    def imagine(self, model, observed, proprio, proprio_mask, embodiment_id, text, inference: Inference,
+                generator=None):
+        """The future the trunk predicts, denoised to t = 0; None when the head reads the observed
+        frames alone (no future is ever generated)."""
+        if _reads_observed_cache(model.substrate):
+            return None
+        batch, channels, clean, height, width = observed.shape
+        future = torch.randn((batch, channels, model.latent_frames - clean, height, width), generator=generator,
+                             device=observed.device).to(observed.dtype)
+        return self._denoise(model, observed, future, model.encode_text(text, observed.device), 0.0,
+                             inference.video_steps)[0]
+
+    @staticmethod
+    def _denoise(model, observed, future, text, end: float, video_steps: int):
+        """The future from t = 1 down to `end` with the full trunk -> (future, the time it stopped at)."""
+        flow, clean, batch = model.backbone, observed.shape[2], len(observed)
         times = flow.schedule(video_steps, end=end) if end < 1.0 else [1.0]
         for t, t_next in zip(times, times[1:]):
             x = torch.cat([observed, future], dim=2)
             velocity, _ = model.trunk.predict(x, model.frame_times(torch.full((batch,), t, device=x.device),
                                                                     x.shape[2]), *text)
             future = flow.euler(future, velocity[:, :, clean:], t, t_next)
+        return future, times[-1]
+
+    def _context(self, model, observed, future, text, end: float, video_steps: int):
+        """Denoise the future from 1 to `end` with the full trunk, then read it as the head was trained to."""
+        substrate, clean, batch = model.substrate, observed.shape[2], len(observed)
+        future, t_end = self._denoise(model, observed, future, text, end, video_steps)
         x = torch.cat([observed, future], dim=2)
-        frame_t = model.frame_times(torch.full((batch,), times[-1], device=x.device), x.shape[2])
+        frame_t = model.frame_times(torch.full((batch,), t_end, device=x.device), x.shape[2])
         prediction, tapped = model.trunk.predict(
             x, frame_t, *text, taps=substrate.taps(self.layerwise),
             stop_at=None if substrate.reads_prediction else substrate.layer)

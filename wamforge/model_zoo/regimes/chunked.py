@@ -1,7 +1,7 @@
 """The chunked regime (survey §4.5): predict H actions, execute the first K (H >= K), then re-plan.
 
 `ChunkedControl` is the control loop for any policy with `act(observation, instruction) -> [H, A]`
-(and, for models with past context, `reset()` / `observe(observation)` / `needs_history`): the
+(and, optionally, `reset(seed)`; for models with past context `observe(observation)` / `needs_history`): the
 simulator suites drive it one control step at a time.
 """
 from __future__ import annotations
@@ -36,21 +36,26 @@ class ChunkedControl:
         self.latencies_ms: list[float] = []
         self.queue: deque[np.ndarray] = deque()
 
-    def reset(self, instruction: str) -> None:
+    def reset(self, instruction: str, seed: int | None = None) -> None:
+        """An episode starts: `seed` reseeds the policy's sampler, so that its draws depend on this
+        episode alone (episodes then replay the same, in any order and on any worker)."""
         self.instruction = instruction
         self.queue.clear()
         if hasattr(self.policy, "reset"):
-            self.policy.reset()
+            self.policy.reset(seed)
 
     def step(self, observe: Callable[[], dict]) -> np.ndarray:
         """observe() -> {"image": uint8 [V, H, W, 3], "proprio": float [P]}, called only when needed."""
         if self.queue and getattr(self.policy, "needs_history", False):
             self.policy.observe(observe())  # past context for the next chunk
         if not self.queue:
+            observation = observe()  # the simulator's render is not the policy's latency
             start = time.perf_counter()
-            chunk = np.asarray(self.policy.act(observe(), self.instruction), dtype=np.float32)
+            chunk = np.asarray(self.policy.act(observation, self.instruction), dtype=np.float32)
             self.latencies_ms.append(1000 * (time.perf_counter() - start))
             if chunk.ndim != 2 or chunk.shape[1] != self.action_dim or len(chunk) == 0:
-                raise ValueError(f"policy.act must return actions [H, {self.action_dim}], got {chunk.shape}")
+                raise ValueError(f"policy.act must return actions [H, {self.action_dim}], got {list(chunk.shape)}")
+            if not np.isfinite(chunk).all():
+                raise ValueError("policy.act returned non-finite actions (NaN or inf)")
             self.queue.extend(chunk[: self.execute_steps])
         return self.queue.popleft()

@@ -29,14 +29,20 @@ class Policy:
         # past context as in training: every frame_stride-th step back from the current frame
         self.context, self.stride = cfg.data.context_frames, cfg.data.frame_stride
         self.history: deque[np.ndarray] = deque(maxlen=self.context * self.stride + 1)
+        # the robot it acts for unless told otherwise: eval.embodiment, else the evaluated source's
+        source = cfg.data.sources.get(cfg.eval.source)
+        self.embodiment = cfg.eval.embodiment or (source.embodiment if source else None)
 
     @property
     def needs_history(self) -> bool:
         return self.context > 0
 
-    def reset(self) -> None:
-        """Call at each episode's start: its past context begins empty (padded with its first frame)."""
+    def reset(self, seed: int | None = None) -> None:
+        """Call at each episode's start: its past context begins empty (padded with its first frame);
+        `seed` reseeds the sampler's noise, so an episode's chunks depend on that episode alone."""
         self.history.clear()
+        if seed is not None:
+            self.generator.manual_seed(seed)
 
     def observe(self, observation: dict) -> None:
         """Record a step's camera image without acting, so later chunks see it as past context."""
@@ -52,28 +58,44 @@ class Policy:
             inference: Inference | None = None) -> np.ndarray:
         """observation = {"image": uint8 [V,H,W,3] or [H,W,3], "proprio": float [P]} -> [H, A] raw units.
         `inference` overrides the policy's knobs (steps, render the future, guidance) for this call."""
-        emb = self.registry[embodiment or self.cfg.eval.embodiment]
+        emb = self.registry[embodiment or self.embodiment]
         self.observe(observation)
         last = len(self.history) - 1
         frames = np.stack([self.history[max(0, last - (self.context - i) * self.stride)]
                            for i in range(self.context + 1)])
-        video = video_to_tensor(frames).unsqueeze(0).to(self.device)  # [1, 1 + context, V, 3, H, W]
-        p_max = self.cfg.model.max_proprio_dim
-        proprio = np.zeros(p_max, np.float32)
-        proprio_mask = np.zeros(p_max, bool)
-        if observation.get("proprio") is not None and emb.proprio_dim:
-            raw = np.asarray(observation["proprio"], np.float32)[: emb.proprio_dim]
-            proprio[: len(raw)] = self.normalizer.normalize(emb.name, "proprio", raw)
-            proprio_mask[: len(raw)] = True
-        actions = self.model.sample_actions(
-            video, torch.from_numpy(proprio)[None].to(self.device), torch.from_numpy(proprio_mask)[None].to(self.device),
-            torch.tensor([emb.id], device=self.device), [instruction], inference=inference or self.inference,
-            generator=self.generator)
+        actions = self.model.sample_actions(*self._inputs(frames, observation.get("proprio"), emb), [instruction],
+                                            inference=inference or self.inference, generator=self.generator)
         chunk = actions[0, :, : emb.action_dim].float().cpu().numpy()
         chunk = self.normalizer.denormalize(emb.name, "actions", chunk)
         if emb.action_low is not None:
             chunk = np.clip(chunk, emb.action_low, emb.action_high)
         return chunk.astype(np.float32)
+
+    @torch.no_grad()
+    def imagine(self, frames: np.ndarray, proprio, instruction: str, embodiment: str | None = None,
+                inference: Inference | None = None) -> np.ndarray | None:
+        """The observed frames (context and current, uint8 [1 + context, V, H, W, 3] at the policy's
+        resolution) -> the future the model predicts, uint8 [T_future, V, H, W, 3]; None when its
+        design predicts no future."""
+        emb = self.registry[embodiment or self.embodiment]
+        future = self.model.imagine(*self._inputs(frames, proprio, emb), [instruction],
+                                    inference=inference or self.inference, generator=self.generator)
+        if future is None:
+            return None
+        pixels = ((future[0].float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 1, 3, 4, 2).numpy()  # [T, V, H, W, 3]
+
+    def _inputs(self, frames: np.ndarray, proprio, emb) -> tuple[torch.Tensor, ...]:
+        """Model inputs: video [1, 1 + context, V, 3, H, W], normalized proprio and its mask, embodiment id."""
+        video = video_to_tensor(frames).unsqueeze(0).to(self.device)
+        p_max = self.cfg.model.max_proprio_dim
+        values, mask = np.zeros(p_max, np.float32), np.zeros(p_max, bool)
+        if proprio is not None and emb.proprio_dim:
+            raw = np.asarray(proprio, np.float32)[: emb.proprio_dim]
+            values[: len(raw)] = self.normalizer.normalize(emb.name, "proprio", raw)
+            mask[: len(raw)] = True
+        return (video, torch.from_numpy(values)[None].to(self.device), torch.from_numpy(mask)[None].to(self.device),
+                torch.tensor([emb.id], device=self.device))
 
 
 def load_policy(directory: str | Path, device: str | None = None, inference: Inference | None = None) -> Policy:
