@@ -94,3 +94,16 @@ def test_curriculum_plot_cli(tmp_path):
     out = tmp_path / "curricula.png"
     assert main(["curriculum", "plot", "configs/experiments/quickstart.yaml", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("baseline", ["no_future", "diffusion_policy"])
+def test_a_baseline_keeps_data_stages_and_steps_and_turns_the_future_off(tmp_path, baseline):
+    path = write_config(tiny_config(tmp_path), tmp_path / "c.yaml")
+    cfg, base = load_config(path), load_config(path, baseline=baseline)
+    assert base.name == f"{cfg.name}-{baseline}" and base.data == cfg.data and base.eval == cfg.eval
+    assert [(s.name, s.steps, s.mixture) for s in base.stages] == [(s.name, s.steps, s.mixture) for s in cfg.stages]
+    assert all(s.objective == "action" and s.loss_weights["video"] == 0 for s in base.stages)
+    if baseline == "no_future":
+        assert base.model == cfg.model and base.stages[-1].trainable == cfg.stages[-1].trainable
+    else:
+        assert base.model.baseline.kind == "diffusion_policy" and all(s.trainable == ["*"] for s in base.stages)

@@ -113,3 +113,14 @@ def test_an_unknown_camera_is_one_clear_error():
     source = MetaWorldSource("sim", cfg, DataConfig(sources={"sim": cfg}))
     with pytest.raises(ValueError, match=r"Meta-World has no cameras \['ceiling'\]"):
         source.load(source.episode_specs()[0])
+
+
+def test_sources_take_task_sets_and_keep_only_successful_demos_when_asked():
+    assert len(make_source(tasks=("easy",), episodes=1).episode_specs()) == 28
+    cfg = SourceConfig(format="metaworld", kind="sim", embodiment="sawyer", tasks=["reach-v3"], episodes_per_task=1,
+                       max_steps=8, successful_only=True, attempts=2)
+    source = MetaWorldSource("sim", cfg, DataConfig(sources={"sim": cfg}))
+    with pytest.raises(ValueError, match="reach-v3 expert failed all 2 attempts of demo 0"):
+        source.load(source.episode_specs()[0])  # 8 steps never reach the goal: quarantined by the build
+    kept = MetaWorldSource("sim", cfg.model_copy(update={"max_steps": 120}), DataConfig(sources={"sim": cfg}))
+    assert kept.load(kept.episode_specs()[0]).extra["success"] is True

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wamforge.config import ConfigError, ExperimentConfig, load_config
+from wamforge.config.baselines import BASELINES
 from wamforge.config.paths import RunPaths
 
 console = Console()
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(args.config)
         if config.is_dir():  # a run directory: the resolved config training saved there
             config = config / "config.yaml"
-        cfg = load_config(config, args.set)
+        cfg = load_config(config, args.set, args.baseline)
         return args.func(cfg, args) or 0
     except ConfigError as err:
         console.print(f"[red]config error:[/] {err}", soft_wrap=True)
@@ -78,7 +79,7 @@ def cmd_export(cfg: ExperimentConfig, args) -> int:
 
 def cmd_eval(cfg: ExperimentConfig, args) -> int:
     policy = Path(args.policy) if args.policy else RunPaths.of(cfg).export
-    baselines = dict(_named_dir(item) for item in args.baseline)
+    baselines = dict(_named_dir(item) for item in args.beside)
     if args.sweep:
         from wamforge.evaluation.budget import parse_sweeps, sweep
 
@@ -96,7 +97,7 @@ def cmd_eval(cfg: ExperimentConfig, args) -> int:
 def _named_dir(item: str) -> tuple[str, Path]:
     name, _, directory = item.partition("=")
     if not name or not directory:
-        raise ValueError(f"--baseline {item!r}: expected NAME=EXPORT_DIR, e.g. --baseline no_future=runs/x/export")
+        raise ValueError(f"--beside {item!r}: expected NAME=EXPORT_DIR, e.g. --beside no_future=runs/x-no_future/export")
     return name, Path(directory)
 
 
@@ -360,6 +361,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="experiment YAML (e.g. configs/experiments/quickstart.yaml) or a run directory")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set training.world_size=1")
+        p.add_argument("--baseline", choices=BASELINES, default=None,
+                       help="the experiment's baseline at equal budget, run as <name>-<baseline>")
         p.set_defaults(func=func)
         return p
 
@@ -379,8 +382,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("eval", cmd_eval, "closed-loop evaluation of an exported policy")
     p.add_argument("--policy", default=None, help="export directory (default: runs/<name>/export)")
-    p.add_argument("--baseline", action="append", default=[], metavar="NAME=DIR",
-                   help="another export evaluated beside the policy on the same seeds (repeatable)")
+    p.add_argument("--beside", action="append", default=[], metavar="NAME=DIR",
+                   help="another export (e.g. a baseline's) evaluated beside the policy on the same seeds")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="accuracy at budget: evaluate every combination, e.g. --sweep eval.flow_steps=1,2,4,8")
 

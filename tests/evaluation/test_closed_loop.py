@@ -143,11 +143,11 @@ def test_budget_sweep_writes_points_and_the_frontier(tmp_path):
     seen = []
 
     def run_point(point, out):
-        seen.append((point.eval.execute_steps, point.eval.flow_steps, point.eval.references))
+        seen.append((point.eval.execute_steps, point.eval.flow_steps, point.eval.references, point.eval.videos))
         return evaluate(ZeroPolicy(), point.eval, out_dir=out)
 
     budget = sweep(cfg, grid, run_point, tmp_path / "budget")
-    assert sorted(seen) == [(1, 1, []), (1, 2, []), (4, 1, []), (4, 2, [])]  # no references per point
+    assert sorted(seen) == [(1, 1, [], 0), (1, 2, [], 0), (4, 1, [], 0), (4, 2, [], 0)]  # no references per point
     assert json.loads((tmp_path / "budget" / "budget.json").read_text()) == budget
     assert (tmp_path / "budget" / "budget.png").stat().st_size > 1000
     calls = {p["settings"]["eval.execute_steps"]: p["latency_ms"]["calls"] for p in budget["points"]}

@@ -65,8 +65,9 @@ class Case:
 
 def tiny_sizes(block: dict) -> dict:
     """The tiny sizes of the components a model block names, keeping their kinds."""
-    tiny = {"trunk": TINY_TRUNKS[block["trunk"]["kind"]], "regime": {"kind": "chunked", "horizon": HORIZON},
-            "text": {"dim": 32, "max_tokens": 16}}
+    tiny = {"regime": {"kind": "chunked", "horizon": HORIZON}, "text": {"dim": 32, "max_tokens": 16}}
+    if "trunk" in block:  # a baseline has none
+        tiny["trunk"] = TINY_TRUNKS[block["trunk"]["kind"]]
     substrate = block.get("substrate", {})
     if "layer" in substrate:
         tiny["substrate"] = {"kind": substrate["kind"], "layer": min(substrate["layer"], TRUNK_LAYERS)}
@@ -185,7 +186,9 @@ def test_export_then_load_policy_acts_in_raw_units_with_the_saved_weights(name, 
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     torch.manual_seed(0)
     model = build_model(cfg, num_embodiments=len(registry))
-    model.loss(two_samples(cfg), "joint", {})  # records the sawyer's action dims, as training does
+    objectives = model.capabilities.objectives
+    model.loss(two_samples(cfg), "joint" if "joint" in objectives else "action", {})  # records the sawyer's
+    # action dims, as training does
     with torch.no_grad():  # weights no fresh build has, so only loading the saved ones can match them
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)

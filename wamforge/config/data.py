@@ -15,17 +15,24 @@ class ProceduralVideo(Strict):
     seed: int = 0
 
 
+SIMULATORS = ("metaworld", "aloha")  # sources that generate episodes from named tasks, not read a path
+
+
 class SourceConfig(Strict):
-    format: Literal["metaworld", "video_folder", "egocentric", "lerobot", "robomimic", "rlds"]
+    format: Literal["metaworld", "aloha", "video_folder", "egocentric", "lerobot", "robomimic", "rlds"]
     kind: Literal["internet", "egocentric", "teleop", "sim", "synthetic"]
     embodiment: str
     description: str = ""
-    # metaworld
+    # simulators: metaworld (tasks such as reach-v3) and aloha (tasks transfer-cube, insertion)
     tasks: list[str] = []
     episodes_per_task: int = Field(4, ge=1)
-    max_steps: int = Field(120, ge=8)
-    camera: str = "corner"
+    max_steps: int = Field(120, ge=8)  # aloha, when unset: 400, its experts' plan length (they finish by ~380)
+    camera: str = "corner"  # aloha, when unset: top
     seed: int = 0
+    # the few-demo protocol keeps a demo only when the expert succeeds: a failed rollout is redrawn
+    # from the next seed, up to `attempts` times, and quarantined after that
+    successful_only: bool = False
+    attempts: int = Field(5, ge=1)
     # video_folder
     path: str | None = None
     generate: ProceduralVideo | None = None
@@ -43,10 +50,16 @@ class SourceConfig(Strict):
 
     @model_validator(mode="after")
     def _format_fields(self):
-        if self.format == "metaworld" and not self.tasks:
-            raise ValueError("a metaworld source needs at least one task in 'tasks'")
-        if self.format != "metaworld" and not self.path:
+        if self.format in SIMULATORS and not self.tasks:
+            example = "reach-v3" if self.format == "metaworld" else "transfer-cube, insertion"
+            raise ValueError(f"a source of format {self.format} needs at least one task in 'tasks' (e.g. {example})")
+        if self.format not in SIMULATORS and not self.path:
             raise ValueError(f"a {self.format} source needs 'path'")
+        if self.format == "aloha":  # the shared defaults above are Meta-World's
+            if "max_steps" not in self.model_fields_set:
+                self.max_steps = 400
+            if "camera" not in self.model_fields_set:
+                self.camera = "top"
         return self
 
 

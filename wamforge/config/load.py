@@ -18,7 +18,8 @@ class ConfigError(ValueError):
     """A bad config: the message names the file, the key path and what to do."""
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+def load_config(path: str | Path, overrides: list[str] = (), baseline: str | None = None) -> ExperimentConfig:
+    """An experiment YAML with `--set` overrides; `baseline` derives its baseline (config/baselines.py)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file.")
@@ -30,6 +31,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         raise ConfigError(f"{path}: the top level must be a mapping of keys.")
     for item in overrides:
         apply_override(raw, item, path)
+    if baseline:
+        from wamforge.config.baselines import derive
+
+        raw = derive(raw, baseline)
     return validate(raw, path)
 
 
@@ -61,9 +66,9 @@ def _is_union_tag(part) -> bool:
 
 def _union_tags() -> set[str]:
     from wamforge.evaluation import suites
-    from wamforge.model_zoo import backbones, couplings, heads, regimes, substrates, trunks, vae
+    from wamforge.model_zoo import backbones, baselines, couplings, heads, regimes, substrates, trunks, vae
 
-    return {k for registry in (backbones, couplings, heads, regimes, substrates, trunks, vae, suites)
+    return {k for registry in (backbones, baselines, couplings, heads, regimes, substrates, trunks, vae, suites)
             for k in registry.REGISTRY}
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from wamforge.config.base import Strict
 from wamforge.model_zoo.backbones import BackboneConfig, DiffusionConfig
+from wamforge.model_zoo.baselines import BaselineConfig
 from wamforge.model_zoo.couplings import CouplingConfig, PostPredictionHeadConfig
 from wamforge.model_zoo.encoders import TextConfig
 from wamforge.model_zoo.regimes import ChunkedConfig, RegimeConfig
@@ -37,14 +38,19 @@ class ModelConfig(Strict):
     # mean_std: (x - mean) / std; quantile: q01..q99 mapped to -1..1 (robust to outliers)
     normalization: Literal["mean_std", "quantile"] = "mean_std"
     condition_dropout: float = Field(0.0, ge=0, lt=1, description="share of training captions dropped, for guidance")
+    baseline: BaselineConfig | None = Field(None, description="a baseline (not a WAM) to build instead; the "
+                                                              "4-tuple axes are then ignored")
 
-    @field_validator(*AXES, "trunk", "vae", mode="before")
+    @field_validator(*AXES, "trunk", "vae", "baseline", mode="before")
     @classmethod
     def _name_means_kind(cls, value):
         return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _components_fit(self):
+        if self.baseline is not None:  # no substrate, backbone, coupling or trunk is built: none can misfit
+            self.baseline.check_fits(self)
+            return self
         layer = getattr(self.substrate, "layer", None)
         if layer is not None and layer > self.trunk.layers:
             raise ValueError(f"substrate.layer {layer} is past the trunk's {self.trunk.layers} blocks")

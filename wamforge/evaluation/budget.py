@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from wamforge.config.load import apply_override, validate
+from wamforge.evaluation.runner import ray_cluster
 
 
 def parse_sweeps(sweeps: list[str]) -> dict[str, list[str]]:
@@ -28,23 +29,9 @@ def sweep(cfg, grid: dict[str, list[str]], run_point, out_dir: Path) -> dict:
     budget.png. A point the design refuses (every episode failed with one reason) is kept with its
     reason and left off the frontier."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    points = []
-    for values in itertools.product(*grid.values()):
-        settings = dict(zip(grid, values))
-        raw = cfg.model_dump(mode="json")
-        raw["eval"]["references"] = []  # the reference controllers do not change with the policy's budget
-        for key, value in settings.items():
-            apply_override(raw, f"{key}={value}")
-        point_cfg = validate(raw, "--sweep")
-        name = "_".join(f"{k.removeprefix('eval.')}-{v}" for k, v in settings.items())
-        overall = run_point(point_cfg, out_dir / name)["controllers"]["policy"]["overall"]
-        failures = overall["failures"]
-        refused = next(iter(failures)) if len(failures) == 1 and sum(failures.values()) == overall["n_episodes"] \
-            else None
-        points.append({"settings": {k: point_cfg_value(point_cfg, k) for k in settings}, "dir": name,
-                       "pc_success": overall["pc_success"], "interval": overall["interval"],
-                       "latency_ms": overall.get("latency_ms"), "peak_memory_mb": overall["peak_memory_mb"]["rss"],
-                       "refused": refused})
+    with ray_cluster(cfg.eval.workers, cfg.eval.ray_address):  # one cluster for every point
+        points = [_point(cfg, dict(zip(grid, values)), run_point, out_dir)
+                  for values in itertools.product(*grid.values())]
     frontier = pareto([p for p in points if not p["refused"] and p["latency_ms"]])
     for p in points:
         p["on_frontier"] = p in frontier
@@ -52,6 +39,25 @@ def sweep(cfg, grid: dict[str, list[str]], run_point, out_dir: Path) -> dict:
     (out_dir / "budget.json").write_text(json.dumps(budget, indent=1))
     plot_budget(budget, out_dir / "budget.png")
     return budget
+
+
+def _point(cfg, settings: dict, run_point, out_dir: Path) -> dict:
+    """One grid point: the experiment with its eval knobs set."""
+    raw = cfg.model_dump(mode="json")
+    # what does not change with the policy's budget is left out: references, videos, futures
+    raw["eval"].update(references=[], videos=0, future_windows=0)
+    for key, value in settings.items():
+        apply_override(raw, f"{key}={value}")
+    point_cfg = validate(raw, "--sweep")
+    name = "_".join(f"{k.removeprefix('eval.')}-{v}" for k, v in settings.items())
+    overall = run_point(point_cfg, out_dir / name)["controllers"]["policy"]["overall"]
+    failures = overall["failures"]
+    refused = next(iter(failures)) if len(failures) == 1 and sum(failures.values()) == overall["n_episodes"] \
+        else None
+    return {"settings": {k: point_cfg_value(point_cfg, k) for k in settings}, "dir": name,
+            "pc_success": overall["pc_success"], "interval": overall["interval"],
+            "latency_ms": overall.get("latency_ms"), "peak_memory_mb": overall["peak_memory_mb"]["rss"],
+            "refused": refused}
 
 
 def point_cfg_value(cfg, dotted: str):

@@ -26,7 +26,7 @@ def expert_window(env, seed: int, steps: int) -> dict:
         observation = env.observation()
         frames.append(observation["image"])
         proprio.append(observation["proprio"])
-        actions.append(np.asarray(env.expert_action(), np.float32))
+        actions.append(np.clip(env.expert_action(), env.action_low, env.action_high).astype(np.float32))
         env.step(actions[-1])
     return {"frames": np.stack(frames), "proprio": np.stack(proprio), "actions": np.stack(actions)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from wamforge.evaluation.controllers import REFERENCES, PolicyControl
@@ -65,14 +66,33 @@ def run_episodes(specs: list[EpisodeSpec], worker_args: dict, workers: int = 1,
     yield from _on_ray(specs, worker_args, workers, ray_address)
 
 
-def _on_ray(specs: list[EpisodeSpec], worker_args: dict, workers: int, address: str | None) -> Iterator[dict]:
+@contextmanager
+def ray_cluster(workers: int, address: str | None):
+    """Connect to `address`, or start a local cluster of `workers` CPUs; one started here stops on
+    exit. Already connected (a sweep holding one cluster for all its points): nothing to do."""
     import ray
 
+    if ray.is_initialized() or (workers == 1 and address is None):
+        yield
+        return
     os.environ.setdefault("MUJOCO_GL", "egl")
-    started_here = not ray.is_initialized()
-    if started_here:  # "local": a cluster of our own, never one a `ray start` on this machine left behind
-        ray.init(address=address or "local", num_cpus=None if address else workers, include_dashboard=False,
-                 logging_level="warning", configure_logging=True)
+    # "local": a cluster of our own, never one a `ray start` on this machine left behind
+    ray.init(address=address or "local", num_cpus=None if address else workers, include_dashboard=False,
+             logging_level="warning", configure_logging=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _on_ray(specs: list[EpisodeSpec], worker_args: dict, workers: int, address: str | None) -> Iterator[dict]:
+    with ray_cluster(workers, address):
+        yield from _pool(specs, worker_args, workers)
+
+
+def _pool(specs: list[EpisodeSpec], worker_args: dict, workers: int) -> Iterator[dict]:
+    import ray
+
     cpus = max(1, int(ray.cluster_resources().get("CPU", workers)) // workers)
     actor = ray.remote(num_cpus=1)(EpisodeWorker)
     args = {**worker_args, "threads": worker_args.get("threads") or cpus}
@@ -95,8 +115,6 @@ def _on_ray(specs: list[EpisodeSpec], worker_args: dict, workers: int, address: 
     finally:
         for worker in pool:
             ray.kill(worker)
-        if started_here:
-            ray.shutdown()
 
 
 def ordered(records: list[dict], specs: list[EpisodeSpec]) -> list[dict]:

@@ -8,6 +8,10 @@ installed wamforge can print it and compare its recipes against it.
     rows = load_census()
     designs(rows)             # {(substrate, backbone, coupling, deployment): [CensusRow, ...]}
     find(rows, "mimic_video")  # -> CensusRow(wam="mimic-video", ...)
+
+Baselines (``model_zoo/baselines/``) are not WAMs: they predict no future, so they have no census row
+and no 4-tuple. ``find`` answers a registered baseline's name with a ``BaselineRow``, whose design is a
+``BaselineDesign`` naming the baseline, and ``recipes_table`` lists such a recipe as a baseline.
 """
 from __future__ import annotations
 
@@ -43,6 +47,37 @@ class CensusRow:
 
 
 COLUMNS = tuple(f.name for f in fields(CensusRow))
+BASELINE = "Baseline"  # the philosophy a baseline is listed under: not one of the survey's three
+
+
+class BaselineDesign(tuple):
+    """The design of a baseline: no point of the survey's design space, since a policy that predicts
+    no future has no substrate, backbone, coupling or regime. Each of its four entries says so and
+    names the baseline, so code that reads a design as four strings (the exported model card, a
+    census lookup) still reads it, and two baselines' designs differ; `recipes_table` shows none."""
+
+    def __new__(cls, name: str):
+        design = super().__new__(cls, (f"none ({name} is a baseline, not a WAM)",) * len(AXES))
+        design.name = name
+        return design
+
+    def __getnewargs__(self):  # copies and pickles rebuild it from its name
+        return (self.name,)
+
+    def __repr__(self) -> str:
+        return f"BaselineDesign({self.name!r})"
+
+
+@dataclass(frozen=True)
+class BaselineRow:
+    """What ``find`` answers for a baseline's name: no census system, so no date and no 4-tuple."""
+
+    wam: str
+    philosophy: str = BASELINE
+
+    @property
+    def design(self) -> BaselineDesign:
+        return BaselineDesign(self.wam)
 
 
 def load_census(path: Path | None = None) -> list[CensusRow]:
@@ -88,11 +123,23 @@ def _key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch not in " -_")
 
 
-def find(rows: list[CensusRow], wam: str) -> CensusRow:
-    """The row of system ``wam``, forgiving case, spaces, hyphens and underscores; KeyError if absent."""
+def _baselines() -> dict[str, str]:
+    """{key: label} of the registered baselines (imported only when a name is not a census system)."""
+    from wamforge.model_zoo.baselines import REGISTRY
+
+    return {_key(kind): cls.label for kind, cls in REGISTRY.items()} | {_key(cls.label): cls.label
+                                                                       for cls in REGISTRY.values()}
+
+
+def find(rows: list[CensusRow], wam: str) -> CensusRow | BaselineRow:
+    """The row of system ``wam``, forgiving case, spaces, hyphens and underscores; a registered
+    baseline's name (its label or kind) gives its ``BaselineRow``; KeyError if neither."""
     by_key = {_key(row.wam): row for row in rows}
     if _key(wam) in by_key:
         return by_key[_key(wam)]
+    baseline = _baselines().get(_key(wam))
+    if baseline is not None:
+        return BaselineRow(baseline)
     close = difflib.get_close_matches(_key(wam), list(by_key), n=3, cutoff=0.6)
     hint = f"; close matches: {', '.join(by_key[k].wam for k in close)}" if close else ""
     raise KeyError(f"{wam!r} is not a system of the census{hint}.")
@@ -138,15 +185,22 @@ def recipes_table(recipes: list[dict]) -> Table:
     """One row per recipe: what its model builds, and whether that agrees with its paper's census row.
 
     Each dict has keys name, paper, philosophy, design (the 4-tuple the recipe's model builds) and
-    census_design (the 4-tuple of the paper's census row).
+    census_design (the 4-tuple of the paper's census row). A baseline's design is a ``BaselineDesign``:
+    its row leaves the four axes empty, since it has none, and says it has no census row.
     """
-    table = Table(title=f"{len(recipes)} recipe{'' if len(recipes) == 1 else 's'}")
+    baselines = sum(isinstance(recipe["design"], BaselineDesign) for recipe in recipes)
+    title = f"{len(recipes)} recipe{'' if len(recipes) == 1 else 's'}"
+    table = Table(title=title + (f" ({baselines} baseline{'' if baselines == 1 else 's'})" if baselines else ""))
     table.add_column("name", no_wrap=True)
     table.add_column("paper", max_width=40)  # titles wrap: the 4-tuple is what must fit
     for column in ("philosophy", *AXES):
         table.add_column(column, no_wrap=True)
     table.add_column("matches census", min_width=7)  # may wrap: a mismatch sentence can be long
     for recipe in recipes:
+        if isinstance(recipe["design"], BaselineDesign):
+            table.add_row(recipe["name"], recipe["paper"], recipe["philosophy"], *[""] * len(AXES),
+                          "baseline: no census row")
+            continue
         table.add_row(recipe["name"], recipe["paper"], recipe["philosophy"], *recipe["design"],
                       _match(tuple(recipe["design"]), tuple(recipe["census_design"])))
     return table

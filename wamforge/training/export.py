@@ -66,18 +66,26 @@ def model_card(cfg: ExperimentConfig, paths: RunPaths, stage: str) -> str:
     from wamforge.model_zoo.build import design
 
     m = cfg.model
-    substrate, backbone, coupling, regime = design(m)
-    trunk = f"{m.trunk.kind} trunk" + (f" {m.trunk.size}" if m.trunk.size else f", {m.trunk.layers} blocks of dim {m.trunk.dim}")
     manifest_path = paths.data / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"sources": {}}
-    lines = [f"# {cfg.name}", "",
-             "A World Action Model trained with wamforge. Load it with `wamforge.load_policy(dir)`; "
-             "`policy.act(observation, instruction)` returns an action chunk in the embodiment's raw units.", "",
-             "## Design: the survey's 4-tuple", "",
-             *([f"Recipe: `{m.recipe}`.", ""] if m.recipe else []),
-             f"- substrate: {substrate} (`{m.substrate.kind}`)", f"- backbone: {backbone} (`{m.backbone.kind}`, {trunk})",
-             f"- coupling: {coupling} (`{m.coupling.kind}`)", f"- regime: {regime} (`{m.regime.kind}`, "
-             f"chunk H = {m.regime.horizon})", "",
+    if m.baseline is not None:  # not a WAM: it predicts no future, so it has no 4-tuple
+        about = [f"A `{m.baseline.kind}` baseline (not a World Action Model: it predicts no future) trained "
+                 "with wamforge. Load it with `wamforge.load_policy(dir)`; `policy.act(observation, instruction)` "
+                 "returns an action chunk in the embodiment's raw units.", "",
+                 *([f"Recipe: `{m.recipe}`; chunk H = {m.regime.horizon}.", ""] if m.recipe else []), ""]
+    else:
+        substrate, backbone, coupling, regime = design(m)
+        trunk = f"{m.trunk.kind} trunk" + (f" {m.trunk.size}" if m.trunk.size else
+                                           f", {m.trunk.layers} blocks of dim {m.trunk.dim}")
+        about = ["A World Action Model trained with wamforge. Load it with `wamforge.load_policy(dir)`; "
+                 "`policy.act(observation, instruction)` returns an action chunk in the embodiment's raw units.", "",
+                 "## Design: the survey's 4-tuple", "",
+                 *([f"Recipe: `{m.recipe}`.", ""] if m.recipe else []),
+                 f"- substrate: {substrate} (`{m.substrate.kind}`)",
+                 f"- backbone: {backbone} (`{m.backbone.kind}`, {trunk})",
+                 f"- coupling: {coupling} (`{m.coupling.kind}`)", f"- regime: {regime} (`{m.regime.kind}`, "
+                 f"chunk H = {m.regime.horizon})", ""]
+    lines = [f"# {cfg.name}", "", *about,
              "## Stages", "", "| stage | objective | steps | first loss | last loss |", "|---|---|---|---|---|"]
     for s in cfg.stages:
         metrics = paths.stage(s.name) / "metrics.jsonl"

@@ -12,6 +12,7 @@ from wamforge.config.data import DataConfig, SourceConfig
 
 ADAPTERS = {
     "metaworld": "wamforge.data_pipeline.sources.metaworld:MetaWorldSource",
+    "aloha": "wamforge.data_pipeline.sources.aloha:AlohaSource",
     "video_folder": "wamforge.data_pipeline.sources.video_folder:VideoFolderSource",
     "egocentric": "wamforge.data_pipeline.sources.egocentric:EgocentricSource",
     "lerobot": "wamforge.data_pipeline.sources.lerobot:LeRobotSource",

@@ -48,7 +48,7 @@ def instruction(task: str) -> str:
     return _INSTRUCTIONS.get(task) or task.rsplit("-v", 1)[0].replace("-", " ")
 
 
-def episode_seed(base: int, task: str, index: int) -> int:
+def episode_seed(base: int, task: str, index: int | str) -> int:
     """A reproducible seed per (base, task, index); crc32 because hash() is salted per process."""
     return zlib.crc32(f"{base}/{task}/{index}".encode()) & 0x7FFFFFFF
 

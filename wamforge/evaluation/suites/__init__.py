@@ -6,11 +6,12 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from wamforge.evaluation.suites.base import StepResult, Suite, SuiteEnv
+from wamforge.evaluation.suites.aloha import AlohaSuite, AlohaSuiteConfig
 from wamforge.evaluation.suites.libero import LiberoSuite, LiberoSuiteConfig
 from wamforge.evaluation.suites.metaworld import MetaWorldSuite, MetaWorldSuiteConfig
 
-SuiteConfig = Annotated[Union[MetaWorldSuiteConfig, LiberoSuiteConfig], Field(discriminator="kind")]
-REGISTRY: dict[str, type[Suite]] = {"metaworld": MetaWorldSuite, "libero": LiberoSuite}
+SuiteConfig = Annotated[Union[MetaWorldSuiteConfig, AlohaSuiteConfig, LiberoSuiteConfig], Field(discriminator="kind")]
+REGISTRY: dict[str, type[Suite]] = {"metaworld": MetaWorldSuite, "aloha": AlohaSuite, "libero": LiberoSuite}
 
 
 def make_suite(cfg) -> Suite:

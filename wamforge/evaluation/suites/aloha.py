@@ -51,7 +51,7 @@ class AlohaEnv:
         self.action_low, self.action_high = aloha_env.ACTION_LOW.copy(), aloha_env.ACTION_HIGH.copy()
         self.seed, self.steps, self.plan = None, 0, None
 
-    def reset(self, seed: int) -> None:
+    def reset(self, seed: int, trial: int = 0) -> None:
         self.sim.reset(seed)
         self.seed, self.steps, self.plan = seed, 0, None
 
@@ -67,7 +67,7 @@ class AlohaEnv:
     def expert_action(self) -> np.ndarray:
         """The planned joint targets for this step (the last one held once the plan is done)."""
         if self.plan is None:
-            self.plan = self.aloha.expert_actions(self.task, self.seed)
+            self.plan = self.aloha.expert_actions(self.task, self.seed, self.max_steps)
         return self.plan[min(self.steps, len(self.plan) - 1)].copy()
 
     def close(self) -> None:
