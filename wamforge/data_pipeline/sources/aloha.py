@@ -2,14 +2,12 @@
 experts, as 14-D joint-position actions at 50 Hz, seen by the `top` camera unless configured."""
 from __future__ import annotations
 
-import numpy as np
-
 from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
+from wamforge.data_pipeline.sources.expert_rollout import SUCCESS_TAIL_STEPS, expert_episode
 from wamforge.data_pipeline.sources import aloha_env as aloha
 
 SOURCE_FORMAT = "aloha"
-SUCCESS_TAIL_STEPS = 8  # keep a few settled frames after success, then stop instead of idling
 
 
 class AlohaSource:
@@ -45,18 +43,5 @@ class AlohaSource:
                     break
         finally:
             sim.close()
-        return Episode(
-            source=self.name,
-            episode=f"{task}_{spec['index']:04d}",
-            kind=self.cfg.kind,
-            embodiment=self.cfg.embodiment,
-            frames=np.stack(frames),
-            fps=self.data.fps,
-            views=cameras,
-            language=aloha.instruction(task),
-            actions=np.stack(actions),
-            proprio=np.stack(proprio),
-            action_space=aloha.ACTION_SPACE,
-            extra={"task": task, "seed": seed, "success": success_step is not None,
-                   "success_step": success_step},
-        )
+        return expert_episode(self, spec, seed, cameras, aloha.instruction(task), aloha.ACTION_SPACE, frames, actions,
+                              proprio, success_step)

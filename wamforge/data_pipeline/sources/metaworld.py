@@ -5,12 +5,12 @@ import numpy as np
 
 from wamforge.config.data import DataConfig, SourceConfig
 from wamforge.data_pipeline.schema import Episode
+from wamforge.data_pipeline.sources.expert_rollout import SUCCESS_TAIL_STEPS, expert_episode
 from wamforge.data_pipeline.sources import metaworld_env as mw
 from wamforge.evaluation.suites.base import expand
 from wamforge.evaluation.suites.metaworld import TASK_SETS
 
 SOURCE_FORMAT = "metaworld"
-SUCCESS_TAIL_STEPS = 8  # keep a few settled frames after success, then stop instead of idling
 
 
 class MetaWorldSource:
@@ -63,18 +63,5 @@ class MetaWorldSource:
         finally:
             extra_views.close()
             env.close()
-        return Episode(
-            source=self.name,
-            episode=f"{task}_{spec['index']:04d}",
-            kind=self.cfg.kind,
-            embodiment=self.cfg.embodiment,
-            frames=np.stack(frames),
-            fps=self.data.fps,
-            views=cameras,
-            language=mw.instruction(task),
-            actions=np.stack(actions),
-            proprio=np.stack(proprio),
-            action_space=mw.ACTION_SPACE,
-            extra={"task": task, "seed": seed, "success": success_step is not None,
-                   "success_step": success_step},
-        )
+        return expert_episode(self, spec, seed, cameras, mw.instruction(task), mw.ACTION_SPACE, frames, actions,
+                              proprio, success_step)
