@@ -123,7 +123,8 @@ def cmd_run(cfg: ExperimentConfig, args) -> int:
     report = _evaluate(cfg, paths.export)
     stages = [{"stage": s.name, **stage_summary(paths.stage(s.name) / "metrics.jsonl")} for s in cfg.stages]
     policy = report["controllers"]["policy"]["overall"]
-    summary = {"stages": stages, "eval": {name: info["overall"] for name, info in report["controllers"].items()},
+    summary = {"stages": stages, "suite": report["suite"],
+               "eval": {name: info["overall"] for name, info in report["controllers"].items()},
                "latency_ms": policy.get("latency_ms", {}), "peak_memory_mb": policy["peak_memory_mb"],
                "wall_seconds": round(time.time() - started, 1)}
     (paths.root / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -312,7 +313,7 @@ def _evaluate(cfg: ExperimentConfig, policy_dir: Path, out_dir: Path | None = No
 
 
 def _print_eval(report: dict) -> None:
-    table = Table(title=f"closed-loop evaluation on {report.get('suite', 'the suite')}")
+    table = Table(title=f"closed-loop evaluation on {report['suite']}")
     for col in ("controller", "success (95% interval)", "sustained horizon", "latency p50 / p95 (ms)", "failures"):
         table.add_column(col)
     for name, info in report.get("controllers", {}).items():
@@ -345,7 +346,7 @@ def _print_summary(summary: dict) -> None:
         table.add_row(s["stage"], str(s.get("steps", "-")), f"{s.get('first_loss', float('nan')):.4f}",
                       f"{s.get('last_loss', float('nan')):.4f}", f"{s.get('samples_per_s', float('nan')):.1f}")
     console.print(table)
-    _print_eval({"controllers": summary["eval"]})
+    _print_eval({"suite": summary["suite"], "controllers": summary["eval"]})
     lat = summary.get("latency_ms", {})
     if lat:
         console.print(f"policy latency per chunk: p50 {lat.get('p50', float('nan')):.1f} ms, "
