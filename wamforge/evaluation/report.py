@@ -86,7 +86,7 @@ def plot_report(report: dict, path: Path) -> Path:
              f"K={protocol['execute_steps']}")
     latency = controllers.get("policy", {}).get("overall", {}).get("latency_ms")
     if latency:
-        title += f"; policy p50 {latency['p50']:.1f} ms, p95 {latency['p95']:.1f} ms per chunk"
+        title += f"\npolicy p50 {latency['p50']:.1f} ms, p95 {latency['p95']:.1f} ms per chunk"
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
