@@ -1,13 +1,14 @@
 """Closed-loop evaluation, serial vs parallel episodes on local Ray, side by side in one run.
 
-The same exported policy, suite, seeds and episodes, first in this process (torch on every core),
-then on `--workers` Ray actors that each own the environments and a copy of the policy (one core
-each). Checks that the parallel run equals the serial one episode for episode, and prints the
+The same exported policy, suite, seeds and episodes, first in this process, then on `--workers`
+Ray actors that each own the environments and a copy of the policy. Torch runs one thread in both,
+as each actor does: float reductions differ between thread counts, and the check needs the same
+numbers. Checks that the parallel run equals the serial one episode for episode, and prints the
 speedup twice: with the local cluster's start-up in the parallel time, and without it (a cluster
 that is already up, as in a sweep or on a shared Ray cluster). Target: at least 1.7x on 2 cores.
 Writes benchmarks/results/bench_eval.json.
 
-    .venv/bin/python benchmarks/bench_eval.py [--policy runs/quickstart/export --episodes 6 --max-steps 100]
+    .venv/bin/python benchmarks/bench_eval.py [--policy runs/quickstart/export --episodes 20 --max-steps 100]
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", type=Path, default=ROOT / "runs/quickstart/export")
     p.add_argument("--tasks", default="quickstart", help="a task set or comma-separated tasks")
-    p.add_argument("--episodes", type=int, default=6, help="per task")
+    p.add_argument("--episodes", type=int, default=20, help="per task")
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
@@ -49,6 +50,9 @@ def main() -> None:
     resolution = tuple(policy.cfg.data.resolution)
     out = ROOT / "runs/bench_eval"
 
+    import torch
+
+    torch.set_num_threads(1)
     start = time.perf_counter()
     serial = evaluate(policy, cfg, resolution, camera, out / "serial")
     serial_s = time.perf_counter() - start
