@@ -125,7 +125,6 @@ def test_real_env_or_the_error_users_get(request):
     assert (result.success, result.done, result.reward) == (True, True, 1.0)
 
 
-@pytest.mark.skipif(not INSTALLED, reason="checks the bundled files against the task lists")
 def test_task_lists_match_the_bundled_benchmark():
     from libero.libero.benchmark import grab_language_from_filename
     from libero.libero.benchmark.libero_suite_task_map import libero_task_map
