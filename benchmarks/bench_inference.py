@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--trunk", type=yaml.safe_load, default=None,
                    help="trunk fields over the quickstart's, e.g. '{dim: 384, layers: 8, heads: 6, ffn_dim: 1024}'")
     p.add_argument("--tap-layer", type=int, default=None, help="the feature tap's block (default: the quickstart's)")
+    p.add_argument("--chunks", type=int, default=8, help="(d): chunks of the episode before the timed call")
+    p.add_argument("--sections", default="d,e,f", help="which of (d), (e), (f) to run after (a)-(c)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     console = Console(width=int(os.environ.get("COLUMNS", 140)))
@@ -182,11 +184,163 @@ def main() -> None:
     verdict = "[green]met[/]" if res["ratios"]["a/b"] >= 10 else "[red]missed[/]"
     console.print(f"a/b >= 10x target: {verdict}; load average {res['load_avg_1m_before']:.2f} -> "
                   f"{res['load_avg_1m_after']:.2f} on {res['cpus']} cores")
+    for key, section in (("d", interactive_vs_recompute), ("e", render_and_decode), ("f", planning_cost)):
+        if key in args.sections:
+            res[section.__name__] = section(args, device, console)
     suffix = "" if args.trunk is None else f"_dim{trunk.dim}x{trunk.layers}"
     out = args.out or ROOT / "benchmarks/results" / f"bench_inference_{device.type}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     console.print(f"written to {out}")
+
+
+def quickstart_with(model: dict, args) -> dict:
+    """The quickstart experiment with its trunk, VAE and text, and `model` (a design) laid over them."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["model"]["trunk"].update(args.trunk or {})
+    raw["model"] = {**{k: raw["model"][k] for k in ("trunk", "vae", "text")}, **model}
+    raw["eval"].update(flow_steps=args.action_steps, video_steps=args.video_steps, execute_steps=1)
+    return raw
+
+
+def interactive_vs_recompute(args, device, console) -> dict:
+    """(d) The interactive regime's KV cache against recomputing the whole history before every trunk
+    pass (what a model without a cache does), on two designs: LingBot-VA's (the future rendered with
+    `video_steps` passes that read the cache, kept there until the real frame replaces it) and Fast-WAM's
+    (one pass over the new frame; its head then reads every cached frame's keys and values). Each round
+    plays `chunks` calls of one episode, one new real frame each, and times the next call. Cache and
+    recompute give the same chunk (tests/model_zoo/test_regimes.py); only the work differs."""
+    designs = {"lingbot_va": Inference(action_steps=args.action_steps, video_steps=args.video_steps,
+                                       render_future=True),
+               "fast_wam": Inference(action_steps=args.action_steps)}
+    out = {}
+    for recipe, inference in designs.items():
+        cfg = validate(quickstart_with({"recipe": recipe, "regime": {"kind": "interactive", "horizon": 8}}, args),
+                       QUICKSTART)
+        torch.manual_seed(0)
+        model = build_model(cfg, 2).to(device).eval()
+        h, w = cfg.data.resolution
+        gen = torch.Generator(device=device).manual_seed(0)
+        frames = [model.encode_video(torch.rand(1, 1, 1, 3, h, w, generator=gen, device=device) * 2 - 1)
+                  for _ in range(args.chunks + 1)]
+        p_max = cfg.model.max_proprio_dim
+        inputs = (torch.zeros(1, p_max, device=device), torch.zeros(1, p_max, dtype=torch.bool, device=device),
+                  torch.zeros(1, dtype=torch.long, device=device), ["open the drawer"], inference)
+        times: dict[str, list[float]] = {"cached": [], "recompute": []}
+        with torch.no_grad():
+            for round_ in range(args.warmup + args.repeats):
+                for key in times:
+                    session = model.regime.session(model, recompute=key == "recompute")
+                    for frame in frames[:-1]:  # the episode so far: `chunks` calls
+                        session.act(frame, *inputs, torch.Generator(device=device).manual_seed(0))
+                    start = time.perf_counter()
+                    session.act(frames[-1], *inputs, torch.Generator(device=device).manual_seed(0))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if round_ >= args.warmup:
+                        times[key].append(1000 * (time.perf_counter() - start))
+        p50 = {k: statistics.median(v) for k, v in times.items()}
+        out[recipe] = {"design": list(model.design), "inference": inference.as_dict(),
+                       "ms_p50": {k: round(v, 3) for k, v in p50.items()},
+                       "ratio": round(p50["recompute"] / p50["cached"], 2)}
+    table = Table(title=f"(d) interactive: the call after {args.chunks} chunks, median of {args.repeats}")
+    for col in ("design", "KV cache ms p50", "recompute the history ms p50", "recompute / cache"):
+        table.add_column(col)
+    for recipe, r in out.items():
+        table.add_row(recipe, f"{r['ms_p50']['cached']:.1f}", f"{r['ms_p50']['recompute']:.1f}", f"{r['ratio']:.1f}x")
+    console.print(table)
+    verdict = "[green]met[/]" if out["lingbot_va"]["ratio"] >= 3 else "[red]missed[/]"
+    console.print(f"cache >= 3x faster than recomputing (LingBot-VA's design): {verdict}")
+    return out
+
+
+def observation(cfg, device):
+    """One observed frame (and context) of the experiment's geometry, and the other `act` inputs."""
+    h, w = cfg.data.resolution
+    gen = torch.Generator(device=device).manual_seed(0)
+    frame = torch.rand(1, 1 + cfg.data.context_frames, 1, 3, h, w, generator=gen, device=device) * 2 - 1
+    p_max = cfg.model.max_proprio_dim
+    return (frame, torch.zeros(1, p_max, device=device), torch.zeros(1, p_max, dtype=torch.bool, device=device),
+            torch.zeros(1, dtype=torch.long, device=device), ["open the drawer"])
+
+
+def timed(fn, warmup: int, repeats: int, device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out.append(1000 * (time.perf_counter() - start))
+    return out
+
+
+def render_and_decode(args, device, console) -> dict:
+    """(e) Render-and-decode (VLP's design): the future denoised fully, decoded to pixels by the VAE, and
+    an inverse-dynamics head over consecutive frames; with the real Wan2.1 VAE architecture (random
+    weights: the cost, not the picture) against the patchify stand-in, and the decode's share."""
+    out = {}
+    with torch.no_grad():
+        for vae in ("wan2.1", "patchify"):
+            raw = quickstart_with({"recipe": "vlp"}, args)
+            if vae == "wan2.1":
+                raw["model"]["vae"] = {"kind": "wan2.1"}
+            cfg = validate(raw, QUICKSTART)
+            torch.manual_seed(0)
+            model = build_model(cfg, 2).to(device).eval()
+            frame, *rest = observation(cfg, device)
+            inference = Inference(action_steps=args.action_steps, video_steps=args.video_steps)
+            act = timed(lambda: model.sample_actions(frame, *rest, inference=inference,
+                                                     generator=torch.Generator(device=device).manual_seed(0)),
+                        1, max(3, args.repeats // 4), device)
+            latents = torch.cat([model.encode_video(frame)] * model.latent_frames, dim=2)[:, :, :model.latent_frames]
+            decode = timed(lambda: model.vae.decode(latents), 1, max(3, args.repeats // 4), device)
+            out[vae] = {"act_ms_p50": round(statistics.median(act), 1),
+                        "decode_ms_p50": round(statistics.median(decode), 1),
+                        "decode_share": round(statistics.median(decode) / statistics.median(act), 3),
+                        "vae": cfg.model.vae.model_dump(mode="json")}
+    table = Table(title=f"(e) render-and-decode (VLP's design), {args.video_steps} video steps, chunk of "
+                        f"{cfg.model.regime.horizon} actions")
+    for col in ("VAE", "act ms p50", "decode ms p50", "decode share"):
+        table.add_column(col)
+    for vae, r in out.items():
+        table.add_row(vae, f"{r['act_ms_p50']:.1f}", f"{r['decode_ms_p50']:.1f}", f"{100 * r['decode_share']:.0f}%")
+    console.print(table)
+    return out
+
+
+def planning_cost(args, device, console) -> dict:
+    """(f) Planning over the action-conditioned rollout coupling (V-JEPA 2-AC's CEM, PointWorld's
+    MPPI, best-of-N with the learned value): one chunk's latency and its cost per scored candidate.
+    Every iteration scores all its candidates in one batched world-model call."""
+    planners = {"cem": {"kind": "cem", "samples": 32, "elites": 4, "iterations": 3},
+                "mppi": {"kind": "mppi", "samples": 32, "iterations": 3},
+                "best_of_n": {"kind": "best_of_n", "samples": 32}}
+    out = {}
+    with torch.no_grad():
+        for name, planner in planners.items():
+            raw = quickstart_with({"recipe": "vjepa2_ac", "coupling": {"kind": "action_conditioned_rollout",
+                                                                       "planner": planner}}, args)
+            cfg = validate(raw, QUICKSTART)
+            torch.manual_seed(0)
+            model = build_model(cfg, 2).to(device).eval()
+            frame, *rest = observation(cfg, device)
+            inference = Inference(action_steps=args.action_steps, video_steps=2)
+            ms = statistics.median(timed(lambda: model.sample_actions(
+                frame, *rest, inference=inference, generator=torch.Generator(device=device).manual_seed(0)),
+                1, max(3, args.repeats // 4), device))
+            scored = planner["samples"] * planner.get("iterations", 1)
+            out[name] = {"planner": planner, "chunk_ms_p50": round(ms, 1), "candidates": scored,
+                         "ms_per_candidate": round(ms / scored, 2)}
+    table = Table(title="(f) planning cost on the rollout coupling (world model: 2 video steps per candidate)")
+    for col in ("planner", "candidates scored", "chunk ms p50", "ms per candidate"):
+        table.add_column(col)
+    for name, r in out.items():
+        table.add_row(name, str(r["candidates"]), f"{r['chunk_ms_p50']:.1f}", f"{r['ms_per_candidate']:.2f}")
+    console.print(table)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The recipes (mimic_video, genie_envisioner, dit4dit, uwm, fast_wam) trained at the same budget on the
+"""The recipes (every one in RECIPES: three couplings, four regimes) trained at the same budget on the
 quickstart's data through the real CLI (`wamforge run`: build -> train -> export -> closed-loop
 Meta-World eval), side by side: each recipe's survey 4-tuple, its success rate beside the scripted
 expert's and the random policy's (from the same summary.json), its chunk latency and peak memory.
@@ -49,7 +49,9 @@ from wamforge.config.paths import RunPaths  # noqa: E402
 from wamforge.model_zoo.build import design  # noqa: E402
 
 QUICKSTART = ROOT / "configs/experiments/quickstart.yaml"
-RECIPES = ("mimic_video", "genie_envisioner", "dit4dit", "uwm", "fast_wam")
+RECIPES = ("mimic_video", "genie_envisioner", "dit4dit", "uwm", "fast_wam", "cosmos_policy", "pad", "vpp", "unipi",
+           "vlp", "dreamavoid", "vjepa2_ac", "lingbot_va")
+NO_EXPERT = ("uwm", "pad", "cosmos_policy", "dreamavoid", "vjepa2_ac")  # couplings with no `action_expert`
 console = Console(width=int(os.environ.get("COLUMNS", 180)))
 
 
@@ -82,22 +84,38 @@ def recipe_raw(base: dict, name: str) -> tuple[dict, list[str]]:
              "text": copy.deepcopy(q["text"])}
     notes = []
     wan = q["trunk"]
-    if name == "mimic_video":  # its recipe trunk is Cosmos: kept Cosmos, at the quickstart's width and depth
+    if name in ("mimic_video", "cosmos_policy"):  # their recipe trunk is Cosmos: kept, at the quickstart's size
         model["trunk"] = {"kind": "cosmos", "heads": wan["heads"], "head_dim": wan["dim"] // wan["heads"],
                           "layers": wan["layers"], "patch": wan["patch"]}
+        notes.append(f"trunk cosmos {wan['heads']} heads x {wan['dim'] // wan['heads']} = {wan['dim']}, "
+                     f"{wan['layers']} layers (mlp x4)")
+    if name == "mimic_video":
         model["substrate"] = {"kind": "feature.tap", "layer": 2, "noise": 0.8}
-        notes += [f"trunk cosmos {wan['heads']} heads x {wan['dim'] // wan['heads']} = {wan['dim']}, "
-                  f"{wan['layers']} layers (mlp x4)", "tap layer 2 of 4, tau 0.8 (recipe's)"]
+        notes.append("tap layer 2 of 4, tau 0.8 (recipe's)")
     else:
         notes.append(f"trunk wan dim {wan['dim']}, {wan['layers']} layers, {wan['heads']} heads, ffn {wan['ffn_dim']}")
     if name == "genie_envisioner":
         model["substrate"] = {"kind": "feature.tap", "layer": wan["layers"], "noise": 1.0}
         notes.append(f"tap layer {wan['layers']} = all blocks (layerwise head)")
-    if name == "uwm":
-        # UWM has no separate action expert: its action stage trains the whole model
+    if name in NO_EXPERT:  # no separate action expert: the action stage trains the whole model
         action_stage = next(s for s in raw["stages"] if s["objective"] == "action")
         action_stage["trainable"] = ["*"]
         notes.append("action stage trains all weights (no expert module)")
+    if name in ("pad", "vpp"):  # single-step: H = K = 1
+        raw["eval"]["execute_steps"] = 1
+        notes.append("K = 1 (single-step)")
+    if name == "unipi":  # H ~ T needs clips of H + 1 frames; the quickstart's hold 9
+        model["regime"] = {"kind": "open_loop", "horizon": 8}
+        notes.append("open-loop plan H = 8 (9-frame clips), episode ends with it")
+    if name == "vjepa2_ac":  # MPC over a 2-step chunk: the planner's cost is paid every 2 steps
+        raw["eval"].update(execute_steps=2, video_steps=2)
+        notes.append("K = H = 2, 2 world-model steps per candidate")
+    if name == "dreamavoid":
+        raw["eval"]["video_steps"] = 4
+        notes.append("4 world-model steps per candidate")
+    if name == "lingbot_va":  # video first, kept in the cache, then actions
+        raw["eval"]["render_future"] = True
+        notes.append("render_future (video first, cached)")
     raw["model"] = model
     return raw, notes
 

@@ -48,8 +48,8 @@ def test_set_overrides_nested_and_list_values(tmp_path):
     assert cfg.training.world_size == 1 and cfg.stages[2].steps == 9 and cfg.eval.suite.tasks == ["a", "b"]
 
 
-@pytest.mark.parametrize("axis, kind", [("coupling", "action_conditioned_rollout"), ("substrate", "geometric.flow"),
-                                        ("regime", "interactive"), ("trunk", "ltx")])
+@pytest.mark.parametrize("axis, kind", [("coupling", "latent_action"), ("substrate", "geometric.flow"),
+                                        ("regime", "asynchronous"), ("trunk", "ltx")])
 def test_a_design_point_no_component_builds_is_refused_naming_what_exists(tmp_path, axis, kind):
     from wamforge.model_zoo import couplings, regimes, substrates, trunks
 

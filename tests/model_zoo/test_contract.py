@@ -17,19 +17,19 @@ from conftest import tiny_config
 from wamforge.config import validate
 from wamforge.config.model import AXES
 from wamforge.config.paths import RunPaths
-from wamforge.config.recipes import load_recipe, merge, recipe_names
+from wamforge.config.recipes import claimed_design, load_recipe, merge, recipe_names
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.data_pipeline.schema import Batch
 from wamforge.model_zoo import backbones, couplings, heads, regimes, substrates, trunks, vae
 from wamforge.model_zoo.build import build_model
-from wamforge.model_zoo.census import find, load_census
 from wamforge.model_zoo.inference import Inference
 
 TINY_TRUNKS = {"wan": {"kind": "wan", "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 64},
                "cosmos": {"kind": "cosmos", "heads": 2, "head_dim": 16, "layers": 2, "adaln_lora_dim": 8}}
 TINY_HEADS = {"cross_attention": {"kind": "cross_attention", "dim": 32, "layers": 1, "heads": 2},
               "layerwise": {"kind": "layerwise", "dim": 32, "heads": 2},
-              "mixture": {"kind": "mixture", "dim": 16, "ffn_dim": 32}}
+              "mixture": {"kind": "mixture", "dim": 16, "ffn_dim": 32},
+              "inverse_dynamics": {"kind": "inverse_dynamics", "dim": 32, "channels": [8, 16], "grid": [2, 2]}}
 # the fewest levels a Wan VAE may have: two of them halve time (stride 4), so space is strided 4 too
 TINY_WAN_VAE = {"kind": "wan2.1", "base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 2], "num_res_blocks": 1}
 HORIZON, TRUNK_LAYERS = 4, 2
@@ -48,6 +48,8 @@ SWAPS = {
     "substrate=feature.tap@dit4dit": ("dit4dit", {"substrate": {"kind": "feature.tap", "layer": 1}}),  # stop early
     "backbone=hybrid@dit4dit": ("dit4dit", {"backbone": {"kind": "hybrid"}}),  # independent times, separate head
     "backbone=diffusion@uwm": ("uwm", {"backbone": {"kind": "diffusion", "timesteps": "shared"}}),  # PAD
+    "regime=interactive@fast_wam": ("fast_wam", {"regime": {"kind": "interactive"}}),  # the cache across calls
+    "regime=open_loop@dit4dit": ("dit4dit", {"regime": {"kind": "open_loop"}}),  # one plan, latent substrate
 }
 
 
@@ -65,11 +67,16 @@ class Case:
 
 def tiny_sizes(block: dict) -> dict:
     """The tiny sizes of the components a model block names, keeping their kinds."""
-    tiny = {"regime": {"kind": "chunked", "horizon": HORIZON}, "text": {"dim": 32, "max_tokens": 16}}
+    regime = block.get("regime", {}).get("kind", "chunked")  # the recipe's regime, at a tiny chunk
+    tiny = {"regime": {"kind": regime, **({} if regime == "single_step" else {"horizon": HORIZON})},
+            "text": {"dim": 32, "max_tokens": 16}}
     if "trunk" in block:  # a baseline has none
         tiny["trunk"] = TINY_TRUNKS[block["trunk"]["kind"]]
     substrate = block.get("substrate", {})
-    if "layer" in substrate:
+    if "layers" in substrate:  # several blocks read: the deepest ones the tiny trunk has
+        n = min(len(substrate["layers"]), TRUNK_LAYERS)
+        tiny["substrate"] = {"kind": substrate["kind"], "layers": list(range(TRUNK_LAYERS - n + 1, TRUNK_LAYERS + 1))}
+    elif "layer" in substrate:
         tiny["substrate"] = {"kind": substrate["kind"], "layer": min(substrate["layer"], TRUNK_LAYERS)}
     head = block.get("coupling", {}).get("head")
     if head is not None:
@@ -81,8 +88,16 @@ CASES = {**{name: Case(name) for name in recipe_names()},
          **{name: Case(recipe, swap) for name, (recipe, swap) in SWAPS.items()}}
 
 
+def tiny_raw(case: Case, root) -> dict:
+    """The tiny experiment of a case; K no longer than its chunk (a single-step design's H is 1)."""
+    raw = tiny_config(root, model=case.model_block)
+    horizon = case.model_block["regime"].get("horizon", 1)
+    raw["eval"]["execute_steps"] = min(raw["eval"].get("execute_steps", horizon), horizon)
+    return raw
+
+
 def experiment(case: Case, root):
-    return validate(tiny_config(root, model=case.model_block))
+    return validate(tiny_raw(case, root))
 
 
 def kinds(model_cfg) -> dict[str, str]:
@@ -96,14 +111,14 @@ def kinds(model_cfg) -> dict[str, str]:
 def two_samples(cfg, seed: int = 0) -> Batch:
     """A 9-frame 32x32 batch: a sawyer sample with 4 action and proprio dims, and an action-free clip."""
     g = torch.Generator().manual_seed(seed)
-    a_max, p_max = cfg.model.max_action_dim, cfg.model.max_proprio_dim
-    action_mask = torch.zeros(2, HORIZON, a_max, dtype=torch.bool)
+    a_max, p_max, horizon = cfg.model.max_action_dim, cfg.model.max_proprio_dim, cfg.model.regime.horizon
+    action_mask = torch.zeros(2, horizon, a_max, dtype=torch.bool)
     action_mask[0, :, :4] = True
     proprio_mask = torch.zeros(2, p_max, dtype=torch.bool)
     proprio_mask[0, :4] = True
     return Batch(video=torch.randint(0, 256, (2, 9, 1, 3, 32, 32), generator=g, dtype=torch.uint8), latents=None,
                  video_pad=torch.zeros(2, 9, dtype=torch.bool),
-                 actions=torch.randn(2, HORIZON, a_max, generator=g) * action_mask, action_mask=action_mask,
+                 actions=torch.randn(2, horizon, a_max, generator=g) * action_mask, action_mask=action_mask,
                  has_actions=torch.tensor([True, False]),
                  proprio=torch.randn(2, p_max, generator=g) * proprio_mask, proprio_mask=proprio_mask,
                  embodiment_id=torch.tensor([0, 1]), source_id=torch.tensor([0, 1]),
@@ -130,7 +145,7 @@ def test_every_registered_component_is_exercised_by_a_case(tmp_path):
 def test_it_builds_the_design_its_census_row_names(name, tmp_path):
     case = CASES[name]
     model = build_model(experiment(case, tmp_path), num_embodiments=3)
-    expected = list(find(load_census(), load_recipe(case.recipe)["census"]["wam"]).design)
+    expected = list(claimed_design(load_recipe(case.recipe))[1])
     for axis, block in (case.swap or {}).items():  # a swap changes its own axis of the 4-tuple, no other
         if axis in AXES:
             expected[AXES.index(axis)] = REGISTRIES[axis].REGISTRY[block["kind"]].label
@@ -160,12 +175,15 @@ def test_sample_actions_is_a_finite_chunk_zero_outside_the_action_mask(name, tmp
     cfg = experiment(CASES[name], tmp_path)
     torch.manual_seed(0)
     model, batch = build_model(cfg, num_embodiments=3).eval(), two_samples(cfg)
+    with torch.no_grad():  # as if trained: a deterministic head's zero-initialised output is not yet zero
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
     action_mask = torch.zeros(2, cfg.model.max_action_dim, dtype=torch.bool)
     action_mask[0, :4], action_mask[1, :2] = True, True  # a 4-dof and a 2-dof embodiment
     actions = model.sample_actions(batch.video[:, :1], batch.proprio, batch.proprio_mask, batch.embodiment_id,
                                    batch.text, Inference(action_steps=2, video_steps=2),
                                    generator=torch.Generator().manual_seed(0), action_mask=action_mask)
-    assert actions.shape == (2, HORIZON, cfg.model.max_action_dim)
+    assert actions.shape == (2, cfg.model.regime.horizon, cfg.model.max_action_dim)
     assert torch.isfinite(actions).all()
     outside = ~action_mask[:, None].expand_as(actions)
     assert torch.all(actions[outside] == 0)
@@ -179,7 +197,7 @@ def test_export_then_load_policy_acts_in_raw_units_with_the_saved_weights(name, 
     from wamforge.evaluation.policy import load_policy
 
     built_cfg, _ = built
-    raw = tiny_config(tmp_path, model=CASES[name].model_block)
+    raw = tiny_raw(CASES[name], tmp_path)
     raw["data"]["out_dir"] = str(RunPaths.of(built_cfg).data)  # the real stats.json of a built dataset
     raw["eval"]["video_steps"] = 2  # the policy's own knobs, as exported
     cfg = validate(raw)
@@ -200,7 +218,7 @@ def test_export_then_load_policy_acts_in_raw_units_with_the_saved_weights(name, 
     chunk = policy.act({"image": np.full((32, 32, 3), 120, np.uint8),
                         "proprio": np.linspace(-0.5, 0.5, len(sawyer.proprio_dims)).astype(np.float32)},
                        "reach the goal")
-    assert chunk.shape == (HORIZON, len(sawyer.action_dims)) and chunk.dtype == np.float32
+    assert chunk.shape == (cfg.model.regime.horizon, len(sawyer.action_dims)) and chunk.dtype == np.float32
     assert np.isfinite(chunk).all()
     if sawyer.action_low is not None:
         assert np.all(chunk >= np.array(sawyer.action_low)) and np.all(chunk <= np.array(sawyer.action_high))

@@ -74,4 +74,8 @@ class ModelConfig(Strict):
         if head_kind == "mixture" and self.substrate.kind != "feature.encoder_only":
             raise ValueError("a mixture head joins every trunk block's keys and values of the observed frames: use "
                              "substrate feature.encoder_only, or head kind layerwise to read tapped states")
+        for axis in AXES:  # a component's own rules about the others: one sentence each, before launch
+            check = getattr(getattr(self, axis), "check_fits", None)
+            if check is not None:
+                check(self)
         return self

@@ -3,7 +3,8 @@ published WAM as a point of the design space: its paper, its census row, and a `
 `model.recipe: NAME` lays under an experiment's model block (the experiment, then `--set`, win).
 
 A recipe file: a header comment citing the paper; `census: {wam, paper, url}` (wam names the census
-row); `departs:` what the tiny recipe leaves out or changes, and why; `model:`; optionally
+row; a published WAM the census does not list says `row: none` and states the 4-tuple it claims as
+`design: [substrate, backbone, coupling, regime]`); `departs:` what the tiny recipe leaves out or changes, and why; `model:`; optionally
 `base: OTHER` to start from another recipe's model block.
 """
 from __future__ import annotations
@@ -51,18 +52,36 @@ def lay_recipe(model: dict) -> dict:
     return merge(load_recipe(name).get("model", {}), model) if name else model
 
 
+NOT_IN_CENSUS = "not in the census"  # the philosophy shown for a recipe with `census.row: none`
+
+
+def claimed_design(recipe: dict, census: list | None = None) -> tuple[str, tuple]:
+    """(philosophy, 4-tuple) a recipe claims: its census row's, or, with `census.row: none`, the
+    `census.design` it states."""
+    from wamforge.model_zoo.census import find, load_census
+
+    block = recipe["census"]
+    if block.get("row") == "none":
+        if len(block.get("design", ())) != 4:
+            raise ValueError(f"recipe of {block['wam']!r} says census.row: none, so census.design must list "
+                             f"the 4-tuple it claims (substrate, backbone, coupling, regime)")
+        return NOT_IN_CENSUS, tuple(block["design"])
+    row = find(census if census is not None else load_census(), block["wam"])
+    return row.philosophy, row.design
+
+
 def recipe_rows() -> list[dict]:
     """Per recipe: name, paper, philosophy, the design its model builds and its census row's design."""
     from wamforge.config.model import ModelConfig
     from wamforge.model_zoo.build import design
-    from wamforge.model_zoo.census import find, load_census
+    from wamforge.model_zoo.census import load_census
 
     census = load_census()
     rows = []
     for name in recipe_names():
         recipe = load_recipe(name)
-        row = find(census, recipe["census"]["wam"])
-        rows.append({"name": name, "paper": recipe["census"]["paper"], "philosophy": row.philosophy,
+        philosophy, claimed = claimed_design(recipe, census)
+        rows.append({"name": name, "paper": recipe["census"]["paper"], "philosophy": philosophy,
                      "design": design(ModelConfig.model_validate({**recipe["model"], "recipe": name})),
-                     "census_design": row.design})
+                     "census_design": claimed})
     return rows

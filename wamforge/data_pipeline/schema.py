@@ -71,6 +71,10 @@ class Batch:
     source_id: torch.Tensor  # long [B]
     text: list[str]
     keys: list[str]
+    # what a value target needs (couplings/value.py): control steps from the current frame to the episode's
+    # last, and whether the episode succeeded (1, 0; NaN: unknown, e.g. internet video)
+    steps_to_go: torch.Tensor | None = None  # long [B]
+    success: torch.Tensor | None = None  # float [B]
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Batch":
         out = {}

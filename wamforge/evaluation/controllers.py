@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from wamforge.evaluation.suites.base import SuiteEnv
-from wamforge.model_zoo.regimes.chunked import ChunkedControl
+from wamforge.model_zoo.regimes.chunked import Chunked, ChunkedConfig
 
 
 class ChunkPolicy(Protocol):
@@ -45,19 +45,21 @@ class Random:
 
 
 class PolicyControl:
-    """A policy in its deployment regime's control loop (the chunked loop for now), fed the env's
-    observations; keeps the per-call latencies of the episode in progress."""
+    """A policy in its deployment regime's control loop (open-loop, chunked, single-step or
+    interactive: `policy.regime`, chunked for a policy that names none), fed the env's observations;
+    keeps the per-call latencies of the episode in progress."""
 
     def __init__(self, policy: ChunkPolicy, execute_steps: int):
         self.policy, self.execute_steps = policy, execute_steps
-        self.loop: ChunkedControl | None = None
+        self.regime = getattr(policy, "regime", None) or Chunked(ChunkedConfig())
+        self.loop = None
 
     @property
     def latencies_ms(self) -> list[float]:
         return self.loop.latencies_ms if self.loop else []
 
     def start(self, env: SuiteEnv, instruction: str, seed: int) -> None:
-        self.loop = ChunkedControl(self.policy, self.execute_steps, len(env.action_low))
+        self.loop = self.regime.control(self.policy, self.execute_steps, len(env.action_low))
         self.loop.reset(instruction, seed)
 
     def action(self, env: SuiteEnv) -> np.ndarray:

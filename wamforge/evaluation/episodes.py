@@ -16,6 +16,7 @@ import numpy as np
 
 from wamforge.evaluation.controllers import Controller
 from wamforge.evaluation.suites.base import SuiteEnv
+from wamforge.model_zoo.regimes.open_loop import PlanSpent
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,15 @@ def run_episode(env: SuiteEnv, controller: Controller, spec: EpisodeSpec, instru
                 break
             if result.done:
                 break
+    except PlanSpent as spent:  # an open-loop episode ends with its plan: no fault, no success
+        record["stopped"] = str(spent)
     except Exception as err:  # noqa: BLE001 - a failing policy or env fails its episode, not the evaluation
         record["failure"] = f"{type(err).__name__}: {err}"
     record["seconds"] = time.perf_counter() - started
     record["latency_ms"] = list(getattr(controller, "latencies_ms", []))
+    regime = getattr(controller, "regime", None)  # a policy's deployment regime (§4.5), by its label and H
+    if regime is not None:
+        record["regime"] = {"regime": regime.label, "horizon": regime.horizon}
     record["peak_rss_mb"] = peak_rss_mb()
     if spec.record_frames:
         record["frames"] = np.stack(frames) if frames else None

@@ -13,6 +13,7 @@ from wamforge.config import validate
 from wamforge.data_pipeline.loader.collate import Normalizer, stats_hash
 from wamforge.data_pipeline.video import resize_center_crop, video_to_tensor
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
+from wamforge.model_zoo import regimes
 from wamforge.model_zoo.build import build_model
 from wamforge.model_zoo.inference import Inference
 from wamforge.model_zoo.wam import WorldActionModel
@@ -32,6 +33,9 @@ class Policy:
         # the robot it acts for unless told otherwise: eval.embodiment, else the evaluated source's
         source = cfg.data.sources.get(cfg.eval.source)
         self.embodiment = cfg.eval.embodiment or (source.embodiment if source else None)
+        self.regime = regimes.REGISTRY[cfg.model.regime.kind](cfg.model.regime)
+        # the interactive regime's state between calls: the episode's frames in the trunk's KV cache
+        self.session = self.regime.session(model) if hasattr(self.regime, "session") else None
 
     @property
     def needs_history(self) -> bool:
@@ -41,6 +45,8 @@ class Policy:
         """Call at each episode's start: its past context begins empty (padded with its first frame);
         `seed` reseeds the sampler's noise, so an episode's chunks depend on that episode alone."""
         self.history.clear()
+        if self.session is not None:
+            self.session.reset()
         if seed is not None:
             self.generator.manual_seed(seed)
 
@@ -63,8 +69,14 @@ class Policy:
         last = len(self.history) - 1
         frames = np.stack([self.history[max(0, last - (self.context - i) * self.stride)]
                            for i in range(self.context + 1)])
-        actions = self.model.sample_actions(*self._inputs(frames, observation.get("proprio"), emb), [instruction],
-                                            inference=inference or self.inference, generator=self.generator)
+        video, *rest = self._inputs(frames, observation.get("proprio"), emb)
+        inference = inference or self.inference
+        if self.session is not None:  # the past is in the cache: only the current frame is encoded
+            actions = self.session.act(self.model.encode_video(video[:, -1:]), *rest, [instruction], inference,
+                                       self.generator)
+        else:
+            actions = self.model.sample_actions(video, *rest, [instruction], inference=inference,
+                                                generator=self.generator)
         chunk = actions[0, :, : emb.action_dim].float().cpu().numpy()
         chunk = self.normalizer.denormalize(emb.name, "actions", chunk)
         if emb.action_low is not None:

@@ -32,8 +32,9 @@ def eval_info(records: list[dict], tasks: list[str]) -> dict:
     """One controller's episodes -> LeRobot's eval_info layout with wamforge's additions."""
     per_episode = [{"episode_ix": i, "task": r["task"], "seed": r["episode_seed"], "eval_seed": r["seed"],
                     "success": bool(r["success"]), "length": r["length"], "sum_reward": r["sum_reward"],
-                    "max_reward": r["max_reward"], "failure": r["failure"], **({"video": r["video"]} if "video" in r
-                                                                                 else {})}
+                    "max_reward": r["max_reward"], "failure": r["failure"],
+                    **({"stopped": r["stopped"]} if "stopped" in r else {}),  # an open-loop plan's end
+                    **({"video": r["video"]} if "video" in r else {})}
                    for i, r in enumerate(records)]
     per_task = []
     for task_id, task in enumerate(tasks):
@@ -51,7 +52,8 @@ def eval_info(records: list[dict], tasks: list[str]) -> dict:
                "sustained_horizon": float(np.mean([r["length"] for r in records])),
                "failures": {r["failure"]: sum(q["failure"] == r["failure"] for q in records)
                             for r in records if r["failure"]},
-               "peak_memory_mb": {"rss": max(r["peak_rss_mb"] for r in records)}}
+               "peak_memory_mb": {"rss": max(r["peak_rss_mb"] for r in records)},
+               **records[0].get("regime", {})}
     if latencies:
         overall["latency_ms"] = {"p50": float(np.percentile(latencies, 50)),
                                  "p95": float(np.percentile(latencies, 95)),

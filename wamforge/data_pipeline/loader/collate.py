@@ -123,4 +123,7 @@ class Collator:
             source_id=torch.tensor([self.source_ids[i["meta"]["source"]] for i in items]),
             text=[i["meta"].get("language", "") for i in items],
             keys=[i["key"] for i in items],
+            steps_to_go=torch.tensor([i["meta"]["episode_length"] - 1 - i["meta"]["current"] for i in items]),
+            success=torch.tensor([float("nan") if i["meta"].get("success") is None else float(i["meta"]["success"])
+                                  for i in items]),
         )

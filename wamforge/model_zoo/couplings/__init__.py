@@ -7,8 +7,14 @@ from pydantic import Field
 
 from wamforge.model_zoo.couplings.joint_generation import JointGeneration, JointGenerationConfig
 from wamforge.model_zoo.couplings.post_prediction_head import PostPredictionHead, PostPredictionHeadConfig
+from wamforge.model_zoo.couplings.tiled_joint_generation import TiledJointGeneration, TiledJointGenerationConfig
+from wamforge.model_zoo.couplings.action_conditioned_rollout import (ActionConditionedRollout,
+                                                                     ActionConditionedRolloutConfig)
 
-CouplingConfig = Annotated[Union[PostPredictionHeadConfig, JointGenerationConfig], Field(discriminator="kind")]
-REGISTRY = {"post_prediction_head": PostPredictionHead, "joint_generation": JointGeneration}
+CouplingConfig = Annotated[Union[PostPredictionHeadConfig, JointGenerationConfig, TiledJointGenerationConfig,
+                                 ActionConditionedRolloutConfig], Field(discriminator="kind")]
+REGISTRY = {"post_prediction_head": PostPredictionHead, "joint_generation": JointGeneration,
+            "tiled_joint_generation": TiledJointGeneration, "action_conditioned_rollout": ActionConditionedRollout}
 
-__all__ = ["CouplingConfig", "JointGenerationConfig", "PostPredictionHeadConfig", "REGISTRY"]
+__all__ = ["CouplingConfig", "JointGenerationConfig", "PostPredictionHeadConfig", "REGISTRY",
+           "TiledJointGenerationConfig"]

@@ -12,15 +12,22 @@ The observed frames (context + current) are always clean: flow time 0 on their t
 With a substrate that `reads_observed_cache`, the action loss instead reads the keys/values the trunk
 computes for the observed frames alone (a KVCache prefill, with gradients), the video loss is the same
 flow loss on the future, and the action objective runs the trunk on the observed frames only.
+With a substrate that `decodes_pixels` (`pixel.decoded`: UniPi, VLP) the head is an inverse-dynamics
+model over decoded frames, and `render_and_decode.py` holds the procedure.
+With `causal`, every trunk pass is block-causal by frame, so a frame sees only itself and earlier
+frames, as a KV cache serves them (what the interactive regime needs to act as it trained).
 """
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
 from pydantic import Field
 
 from wamforge.config.base import Strict
+from wamforge.model_zoo.common.attention import blockwise_causal_mask
+from wamforge.model_zoo.couplings import render_and_decode
 from wamforge.model_zoo.couplings.base import Coupling
 from wamforge.model_zoo.heads import REGISTRY as HEADS
 from wamforge.model_zoo.heads import ActionExpertConfig, HeadConfig
@@ -33,6 +40,18 @@ class PostPredictionHeadConfig(Strict):
     kind: Literal["post_prediction_head"] = "post_prediction_head"
     head: HeadConfig = ActionExpertConfig()
     pure_noise: float = Field(0.25, ge=0, le=1, description="joint objective: share of samples whose future is at tau")
+    causal: bool = Field(False, description="every trunk pass block-causal by frame, as a KV cache serves frames")
+
+    def check_fits(self, model) -> None:
+        if self.causal and model.trunk.kind == "cosmos":
+            raise ValueError("coupling.causal masks the trunk's self-attention by frame, which the cosmos trunk does "
+                             "not take; use trunk kind wan, or causal: false")
+        decoded, idm = model.substrate.kind == "pixel.decoded", self.head.kind == "inverse_dynamics"
+        if decoded and not idm:
+            raise ValueError("substrate pixel.decoded hands the head decoded frames, which head kind inverse_dynamics "
+                             "reads; use it, or substrate pixel.latent for a flow head on the predicted latents")
+        if idm and not decoded:
+            raise ValueError("head kind inverse_dynamics reads pairs of decoded frames: use substrate pixel.decoded")
 
 
 class PostPredictionHead(Coupling):
@@ -45,6 +64,8 @@ class PostPredictionHead(Coupling):
 
     def build(self, model, partitioned) -> int:
         head, substrate = self.cfg.head, model.substrate
+        if _decodes_pixels(substrate):
+            render_and_decode.check_horizon(model)
         if _reads_observed_cache(substrate):  # a mixture head joins every block in the trunk's head space
             extra = substrate.head_space(model.trunk)
         else:
@@ -54,9 +75,18 @@ class PostPredictionHead(Coupling):
                                                   horizon=model.horizon, **extra)
         return head.dim
 
+    def predict(self, model, latents, frame_t, text: tuple, **kwargs):
+        """The trunk's `predict` as this coupling runs it: block-causal by frame when `causal`."""
+        if self.cfg.causal:
+            frames, height, width = model.trunk.grid(latents)
+            kwargs["self_attn_mask"] = _frame_causal_mask(frames, height * width, latents.device)
+        return model.trunk.predict(latents, frame_t, *text, **kwargs)
+
     # --- training ---
 
     def loss(self, model, batch, x0, objective, timesteps):
+        if _decodes_pixels(model.substrate):
+            return render_and_decode.loss(self, model, batch, x0, objective, timesteps)
         if _reads_observed_cache(model.substrate):
             return self._observed_only_loss(model, batch, x0, objective, timesteps)
         flow, substrate, clean = model.backbone, model.substrate, model.clean_latents
@@ -77,9 +107,8 @@ class PostPredictionHead(Coupling):
         frame_t = model.frame_times(future_t, x0.shape[2])
         needs_head = objective != "video"
         stop_at = substrate.layer if objective == "action" and not substrate.reads_prediction else None
-        prediction, tapped = model.trunk.predict(x_t, frame_t, *model.encode_text(batch.text, x0.device),
-                                                 taps=substrate.taps(self.layerwise) if needs_head else (),
-                                                 stop_at=stop_at)
+        prediction, tapped = self.predict(model, x_t, frame_t, model.encode_text(batch.text, x0.device),
+                                          taps=substrate.taps(self.layerwise) if needs_head else (), stop_at=stop_at)
         out = model.zero_losses(batch_size, x0.device)
         if objective != "action":
             squared = (prediction[:, :, clean:].float() - flow.target(x0, noise)[:, :, clean:].float()) ** 2
@@ -93,21 +122,26 @@ class PostPredictionHead(Coupling):
     def _observed_only_loss(self, model, batch, x0, objective, timesteps):
         """Encoder-only substrate: the video loss on the future as usual; the action loss reads the
         trunk's per-block keys/values of the observed frames alone (no future tokens, no tau)."""
-        flow, clean, batch_size = model.backbone, model.clean_latents, len(x0)
+        clean = model.clean_latents
         text = model.encode_text(batch.text, x0.device)
-        out = model.zero_losses(batch_size, x0.device)
+        out = model.zero_losses(len(x0), x0.device)
         if objective != "action":
-            future_t = flow.sample_time("video", batch_size, x0.device, timesteps)
-            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype)
-            t = future_t[:, None, None, None, None]
-            x_t = torch.cat([x0[:, :, :clean], flow.noised(x0[:, :, clean:], noise[:, :, clean:], t)], dim=2)
-            prediction, _ = model.trunk.predict(x_t, model.frame_times(future_t, x0.shape[2]), *text)
-            squared = (prediction[:, :, clean:].float() - flow.target(x0, noise)[:, :, clean:].float()) ** 2
-            out["video"], out["per_sample"]["video_loss"] = squared.mean(), squared.detach().flatten(1).mean(1)
+            out["video"], out["per_sample"]["video_loss"] = self.video_flow_loss(model, x0, text, timesteps)
         if objective != "video":
             context = model.action_expert.prepare(self.observed_kv(model, x0[:, :, :clean], text))
             self._action_loss(model, batch, context, timesteps, out)
         return out
+
+    def video_flow_loss(self, model, x0, text: tuple, timesteps) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk's flow loss on the future latent frames, the observed ones clean -> (mean, per sample [B])."""
+        flow, clean, batch_size = model.backbone, model.clean_latents, len(x0)
+        future_t = flow.sample_time("video", batch_size, x0.device, timesteps)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype)
+        t = future_t[:, None, None, None, None]
+        x_t = torch.cat([x0[:, :, :clean], flow.noised(x0[:, :, clean:], noise[:, :, clean:], t)], dim=2)
+        prediction, _ = self.predict(model, x_t, model.frame_times(future_t, x0.shape[2]), text)
+        squared = (prediction[:, :, clean:].float() - flow.target(x0, noise)[:, :, clean:].float()) ** 2
+        return squared.mean(), squared.detach().flatten(1).mean(1)
 
     @staticmethod
     def observed_kv(model, observed: torch.Tensor, text: tuple) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -146,8 +180,11 @@ class PostPredictionHead(Coupling):
         """The trunk runs once (after denoising the future to tau, or to 0 when rendering it) on the
         observed frames plus the future; the head then integrates its flow from t = 1 to 0 over the
         cached context. With an encoder-only substrate the trunk runs once on the observed frames alone
-        (a KVCache prefill at t = 0) and no future video exists: `render_future` is refused."""
-        flow, substrate, clean = model.backbone, model.substrate, observed.shape[2]
+        (a KVCache prefill at t = 0) and no future video exists: `render_future` is refused. With a
+        substrate that decodes pixels, the future is rendered and an inverse-dynamics model reads it."""
+        if _decodes_pixels(model.substrate):
+            return render_and_decode.act(self, model, observed, embodiment_id, text, inference, generator, action_mask)
+        substrate, clean = model.substrate, observed.shape[2]
         batch, channels, _, height, width = observed.shape
         observed_only = _reads_observed_cache(substrate)
         if observed_only and inference.render_future:
@@ -165,12 +202,19 @@ class PostPredictionHead(Coupling):
             context = (self.observed_kv(model, observed, text_emb) if observed_only
                        else self._context(model, observed, future, text_emb, end, inference.video_steps))
             contexts[key] = model.action_expert.prepare(context)  # projected once, read at every step
+        return self.integrate(model, contexts, proprio, proprio_mask, embodiment_id, inference, generator, action_mask)
 
+    def integrate(self, model, contexts: dict, proprio, proprio_mask, embodiment_id, inference: Inference,
+                  generator=None, action_mask=None) -> torch.Tensor:
+        """The head's action flow from t = 1 to 0 in `inference.action_steps` Euler steps over prepared
+        contexts ({"cond": ..., "uncond": ... only when guided}) -> normalized actions [B, H, A_max],
+        zero outside `action_mask` [B, A_max] (by default, the dims the embodiment trained with)."""
+        flow, batch, device = model.backbone, len(embodiment_id), proprio.device
         mask = (model.embodiments.action_mask(embodiment_id) if action_mask is None else action_mask)[:, None].float()
-        actions = torch.randn((batch, model.horizon, model.max_action_dim), generator=generator, device=observed.device)
+        actions = torch.randn((batch, model.horizon, model.max_action_dim), generator=generator, device=device)
         times = flow.schedule(inference.action_steps, shift=1.0)
         for t, t_next in zip(times, times[1:]):
-            t_batch = torch.full((batch,), t, device=observed.device)
+            t_batch = torch.full((batch,), t, device=device)
             v = guided(lambda ctx: self.velocity(model, actions, mask, t_batch, ctx, proprio, proprio_mask,
                                                  embodiment_id), inference.guidance, contexts["cond"],
                        contexts.get("uncond"))
@@ -181,35 +225,37 @@ class PostPredictionHead(Coupling):
                 generator=None):
         """The future the trunk predicts, denoised to t = 0; None when the head reads the observed
         frames alone (no future is ever generated)."""
+        if _decodes_pixels(model.substrate):
+            return render_and_decode.imagine(self, model, observed, text, inference, generator)
         if _reads_observed_cache(model.substrate):
             return None
         batch, channels, clean, height, width = observed.shape
         future = torch.randn((batch, channels, model.latent_frames - clean, height, width), generator=generator,
                              device=observed.device).to(observed.dtype)
-        return self._denoise(model, observed, future, model.encode_text(text, observed.device), 0.0,
-                             inference.video_steps)[0]
+        return self.denoise(model, observed, future, model.encode_text(text, observed.device), 0.0,
+                            inference.video_steps)[0]
 
-    @staticmethod
-    def _denoise(model, observed, future, text, end: float, video_steps: int):
-        """The future from t = 1 down to `end` with the full trunk -> (future, the time it stopped at)."""
+    def denoise(self, model, observed, future, text: tuple, end: float, video_steps: int, guidance: float = 1.0,
+                uncond: tuple | None = None):
+        """The future from t = 1 down to `end` with the full trunk on [observed | future], each velocity
+        guided by the caption against `uncond` when guidance is not 1 -> (future, the time it stopped at)."""
         flow, clean, batch = model.backbone, observed.shape[2], len(observed)
         times = flow.schedule(video_steps, end=end) if end < 1.0 else [1.0]
         for t, t_next in zip(times, times[1:]):
             x = torch.cat([observed, future], dim=2)
-            velocity, _ = model.trunk.predict(x, model.frame_times(torch.full((batch,), t, device=x.device),
-                                                                    x.shape[2]), *text)
+            frame_t = model.frame_times(torch.full((batch,), t, device=x.device), x.shape[2])
+            velocity = guided(lambda caption: self.predict(model, x, frame_t, caption)[0], guidance, text, uncond)
             future = flow.euler(future, velocity[:, :, clean:], t, t_next)
         return future, times[-1]
 
     def _context(self, model, observed, future, text, end: float, video_steps: int):
         """Denoise the future from 1 to `end` with the full trunk, then read it as the head was trained to."""
         substrate, clean, batch = model.substrate, observed.shape[2], len(observed)
-        future, t_end = self._denoise(model, observed, future, text, end, video_steps)
+        future, t_end = self.denoise(model, observed, future, text, end, video_steps)
         x = torch.cat([observed, future], dim=2)
         frame_t = model.frame_times(torch.full((batch,), t_end, device=x.device), x.shape[2])
-        prediction, tapped = model.trunk.predict(
-            x, frame_t, *text, taps=substrate.taps(self.layerwise),
-            stop_at=None if substrate.reads_prediction else substrate.layer)
+        prediction, tapped = self.predict(model, x, frame_t, text, taps=substrate.taps(self.layerwise),
+                                          stop_at=None if substrate.reads_prediction else substrate.layer)
         return substrate.context(tapped=tapped, layerwise=self.layerwise, x_t=x, velocity=prediction,
                                  frame_t=frame_t, clean=clean, patch=model.trunk.patch_size)
 
@@ -217,3 +263,14 @@ class PostPredictionHead(Coupling):
 def _reads_observed_cache(substrate) -> bool:
     """Whether the head reads the trunk's keys/values of the observed frames alone (a capability, not a kind)."""
     return getattr(substrate, "reads_observed_cache", False)
+
+
+def _decodes_pixels(substrate) -> bool:
+    """Whether the head reads frames the VAE decoded from the rendered future (a capability, not a kind)."""
+    return getattr(substrate, "decodes_pixels", False)
+
+
+@functools.lru_cache(maxsize=8)
+def _frame_causal_mask(frames: int, tokens_per_frame: int, device) -> torch.Tensor:
+    """Made once per token grid: every trunk pass of a clip shape reads the same mask."""
+    return blockwise_causal_mask([tokens_per_frame] * frames, device)

@@ -27,6 +27,19 @@ class Chunked:
     def __init__(self, cfg: ChunkedConfig):
         self.horizon = cfg.horizon
 
+    def control(self, policy, execute_steps: int, action_dim: int) -> ChunkedControl:
+        return ChunkedControl(policy, execute_steps, action_dim)
+
+
+def checked_chunk(chunk, action_dim: int) -> np.ndarray:
+    """A policy's chunk as float32 [H, A], or one sentence on what is wrong with it."""
+    chunk = np.asarray(chunk, dtype=np.float32)
+    if chunk.ndim != 2 or chunk.shape[1] != action_dim or len(chunk) == 0:
+        raise ValueError(f"policy.act must return actions [H, {action_dim}], got {list(chunk.shape)}")
+    if not np.isfinite(chunk).all():
+        raise ValueError("policy.act returned non-finite actions (NaN or inf)")
+    return chunk
+
 
 class ChunkedControl:
     """Executes the first `execute_steps` actions of each predicted chunk, then re-plans."""
@@ -51,11 +64,7 @@ class ChunkedControl:
         if not self.queue:
             observation = observe()  # the simulator's render is not the policy's latency
             start = time.perf_counter()
-            chunk = np.asarray(self.policy.act(observation, self.instruction), dtype=np.float32)
+            chunk = checked_chunk(self.policy.act(observation, self.instruction), self.action_dim)
             self.latencies_ms.append(1000 * (time.perf_counter() - start))
-            if chunk.ndim != 2 or chunk.shape[1] != self.action_dim or len(chunk) == 0:
-                raise ValueError(f"policy.act must return actions [H, {self.action_dim}], got {list(chunk.shape)}")
-            if not np.isfinite(chunk).all():
-                raise ValueError("policy.act returned non-finite actions (NaN or inf)")
             self.queue.extend(chunk[: self.execute_steps])
         return self.queue.popleft()

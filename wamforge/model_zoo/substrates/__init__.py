@@ -8,10 +8,12 @@ from pydantic import Field
 
 from wamforge.model_zoo.substrates.feature import (FeatureEncoderOnly, FeatureEncoderOnlyConfig, FeatureTap,
                                                   FeatureTapConfig)
-from wamforge.model_zoo.substrates.pixel import PixelLatent, PixelLatentConfig
+from wamforge.model_zoo.substrates.pixel import PixelDecoded, PixelDecodedConfig, PixelLatent, PixelLatentConfig
 
-SubstrateConfig = Annotated[Union[FeatureTapConfig, FeatureEncoderOnlyConfig, PixelLatentConfig],
+SubstrateConfig = Annotated[Union[FeatureTapConfig, FeatureEncoderOnlyConfig, PixelLatentConfig, PixelDecodedConfig],
                            Field(discriminator="kind")]
-REGISTRY = {"feature.tap": FeatureTap, "feature.encoder_only": FeatureEncoderOnly, "pixel.latent": PixelLatent}
+REGISTRY = {"feature.tap": FeatureTap, "feature.encoder_only": FeatureEncoderOnly, "pixel.latent": PixelLatent,
+            "pixel.decoded": PixelDecoded}
 
-__all__ = ["FeatureEncoderOnlyConfig", "FeatureTapConfig", "PixelLatentConfig", "REGISTRY", "SubstrateConfig"]
+__all__ = ["FeatureEncoderOnlyConfig", "FeatureTapConfig", "PixelDecodedConfig", "PixelLatentConfig", "REGISTRY",
+           "SubstrateConfig"]

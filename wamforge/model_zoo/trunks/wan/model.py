@@ -230,9 +230,10 @@ class WanDiT(nn.Module):
 
     def predict(self, latents: torch.Tensor, frame_t: torch.Tensor, text_emb: torch.Tensor,
                 text_mask: torch.Tensor | None = None, taps: tuple[int, ...] = (), stop_at: int | None = None,
-                ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+                self_attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         """The trunk as the couplings see it: flow time per latent frame frame_t [B, F] in [0, 1]
-        (0 clean, 1 noise) -> (velocity, or None when stopped at block `stop_at`; tapped states)."""
+        (0 clean, 1 noise) -> (velocity, or None when stopped at block `stop_at`; tapped states).
+        self_attn_mask (bool [L, L], True = may attend): e.g. block-causal by frame, as a KVCache serves."""
         grid = self.grid(latents)
         # per token, as Wan2.2 TI2V: embedding per frame and repeating would give the same forward but
         # sum the weight gradients in another order, and training would drift from earlier runs by rounding
@@ -240,7 +241,7 @@ class WanDiT(nn.Module):
         x, out = self.embed(latents), None
         temb, timestep_proj, context = self.condition(timestep, text_emb)
         x, tapped = self.run_blocks(x, context, timestep_proj, self.rope(*grid, latents.device), text_mask,
-                                    taps=taps, stop_at=stop_at)
+                                    self_attn_mask, taps=taps, stop_at=stop_at)
         if x is not None:
             out = self.head(x, temb, grid)
         return out, tapped
