@@ -107,3 +107,20 @@ def test_a_baseline_keeps_data_stages_and_steps_and_turns_the_future_off(tmp_pat
         assert base.model == cfg.model and base.stages[-1].trainable == cfg.stages[-1].trainable
     else:
         assert base.model.baseline.kind == "diffusion_policy" and all(s.trainable == ["*"] for s in base.stages)
+
+
+@pytest.mark.parametrize("recipe, change, sentence", [
+    ("vlp", {"data": {"frame_stride": 2}}, "one control step apart: set data.frame_stride to 1"),
+    ("vlp", {"model": {"regime": {"kind": "chunked", "horizon": 12}}, "data": {"action_frames": 12}},
+     "a clip of 9 frames has 8 after the current one"),
+    ("cosmos_policy", {"model": {"max_action_dim": 64}, "data": {"resolution": [8, 8]}},
+     "tiles H x max_action_dim = 512 action values into one latent frame of 192"),
+])
+def test_a_component_refuses_data_it_cannot_read_before_launch(recipe, change, sentence, tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["model"] = {"recipe": recipe, "trunk": {"kind": "wan", "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 64},
+                    "text": {"dim": 32, "max_tokens": 16}, **change.get("model", {})}
+    raw["data"].update(change.get("data", {}))
+    raw["eval"]["execute_steps"] = 4
+    with pytest.raises(ConfigError, match=sentence):
+        validate(raw)

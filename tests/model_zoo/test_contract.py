@@ -109,7 +109,8 @@ def kinds(model_cfg) -> dict[str, str]:
 
 
 def two_samples(cfg, seed: int = 0) -> Batch:
-    """A 9-frame 32x32 batch: a sawyer sample with 4 action and proprio dims, and an action-free clip."""
+    """A 9-frame 32x32 batch: a sawyer sample with 4 action and proprio dims from a successful episode,
+    and an action-free clip of unknown outcome."""
     g = torch.Generator().manual_seed(seed)
     a_max, p_max, horizon = cfg.model.max_action_dim, cfg.model.max_proprio_dim, cfg.model.regime.horizon
     action_mask = torch.zeros(2, horizon, a_max, dtype=torch.bool)
@@ -122,7 +123,8 @@ def two_samples(cfg, seed: int = 0) -> Batch:
                  has_actions=torch.tensor([True, False]),
                  proprio=torch.randn(2, p_max, generator=g) * proprio_mask, proprio_mask=proprio_mask,
                  embodiment_id=torch.tensor([0, 1]), source_id=torch.tensor([0, 1]),
-                 text=["reach the goal", "a synthetic clip"], keys=["sim/ep0/000000", "web/ep0/000000"])
+                 text=["reach the goal", "a synthetic clip"], keys=["sim/ep0/000000", "web/ep0/000000"],
+                 steps_to_go=torch.tensor([10, 30]), success=torch.tensor([1.0, float("nan")]))  # value targets
 
 
 def path_of(model, objective: str) -> dict[str, torch.nn.Parameter]:
@@ -226,3 +228,31 @@ def test_export_then_load_policy_acts_in_raw_units_with_the_saved_weights(name, 
     assert loaded.keys() == saved.keys()
     differ = sorted(k for k in saved if loaded[k].dtype != saved[k].dtype or not torch.equal(loaded[k], saved[k]))
     assert differ == []
+
+
+# every coupling (rollout, joint generation by tokens and by tiled frames, post-prediction head reading
+# decoded pixels) and every regime (open-loop, single-step, interactive, chunked) in one recipe at least
+TRAINED = ("vjepa2_ac", "cosmos_policy", "pad", "vlp", "unipi", "vpp", "lingbot_va", "uwm")
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_few_optimizer_steps_on_every_objective_move_the_weights_and_it_still_acts(name, tmp_path):
+    cfg = experiment(CASES[name], tmp_path)
+    torch.manual_seed(0)
+    model, batch = build_model(cfg, num_embodiments=3), two_samples(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        for objective in model.capabilities.objectives:
+            optimizer.zero_grad(set_to_none=True)
+            out = model.loss(batch, objective, {})
+            assert torch.isfinite(out["loss"]), objective
+            out["loss"].backward()
+            optimizer.step()
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.startswith("trunk.") for n in moved) and len(moved) > len(before) // 2
+    actions = model.eval().sample_actions(batch.video[:1, :1], batch.proprio[:1], batch.proprio_mask[:1],
+                                          batch.embodiment_id[:1], batch.text[:1],
+                                          Inference(action_steps=2, video_steps=2),
+                                          generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (1, cfg.model.regime.horizon, cfg.model.max_action_dim) and torch.isfinite(actions).all()

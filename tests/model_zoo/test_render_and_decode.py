@@ -128,7 +128,7 @@ def test_acting_decodes_the_rendered_future_with_the_wan_vae_and_reads_h_pairs(t
 
 
 def test_a_horizon_past_the_decoded_future_frames_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="decodes to 8 future frames"):
+    with pytest.raises(ValueError, match="a clip of 9 frames has 8 after the current one"):
         tiny_model(tmp_path, regime={"kind": "open_loop", "horizon": 9})
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import tiny_config
+from test_contract import HORIZON, two_samples
 
 from wamforge.config import validate
 from wamforge.data_pipeline.schema import Batch
@@ -22,7 +23,7 @@ from wamforge.model_zoo.couplings.action_conditioned_rollout import (CEM, MPPI, 
                                                                      MPPIConfig)
 from wamforge.model_zoo.inference import Inference
 
-HORIZON, ACTION_DIM = 4, 3
+ACTION_DIM = 3
 TARGET = torch.tensor([[0.5, -0.3, 0.1], [0.2, 0.6, -0.5], [-0.4, 0.0, 0.3], [0.1, -0.2, 0.4]])
 TRUNKS = {"wan": {"kind": "wan", "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 64},
           "cosmos": {"kind": "cosmos", "heads": 2, "head_dim": 16, "layers": 2, "adaln_lora_dim": 8}}
@@ -95,25 +96,6 @@ def rollout_model(tmp_path, trunk: str = "wan", substrate: str = "pixel.latent",
             if not p.any():
                 p.normal_(std=0.05)
     return cfg, model
-
-
-def two_samples(cfg, seed: int = 0) -> Batch:
-    """The contract test's 9-frame 32x32 pair (a 4-dof sawyer sample and an action-free clip), with a
-    known success for the sawyer sample and an unknown outcome for the clip."""
-    g = torch.Generator().manual_seed(seed)
-    a_max, p_max = cfg.model.max_action_dim, cfg.model.max_proprio_dim
-    action_mask = torch.zeros(2, HORIZON, a_max, dtype=torch.bool)
-    action_mask[0, :, :4] = True
-    proprio_mask = torch.zeros(2, p_max, dtype=torch.bool)
-    proprio_mask[0, :4] = True
-    return Batch(video=torch.randint(0, 256, (2, 9, 1, 3, 32, 32), generator=g, dtype=torch.uint8), latents=None,
-                 video_pad=torch.zeros(2, 9, dtype=torch.bool),
-                 actions=torch.randn(2, HORIZON, a_max, generator=g) * action_mask, action_mask=action_mask,
-                 has_actions=torch.tensor([True, False]),
-                 proprio=torch.randn(2, p_max, generator=g) * proprio_mask, proprio_mask=proprio_mask,
-                 embodiment_id=torch.tensor([0, 1]), source_id=torch.tensor([0, 1]),
-                 text=["reach the goal", "a synthetic clip"], keys=["sim/ep0/000000", "web/ep0/000000"],
-                 steps_to_go=torch.tensor([10, 30]), success=torch.tensor([1.0, float("nan")]))
 
 
 def one(batch: Batch, index: int) -> Batch:

@@ -6,7 +6,7 @@ from pydantic import model_validator
 from wamforge.config.base import Strict
 from wamforge.config.data import DataConfig
 from wamforge.config.evaluation import EvalConfig
-from wamforge.config.model import ModelConfig
+from wamforge.config.model import AXES, ModelConfig
 from wamforge.config.stages import StageConfig
 from wamforge.config.training import LaunchConfig, TrainingConfig
 
@@ -41,6 +41,10 @@ class ExperimentConfig(Strict):
         if self.eval.execute_steps > horizon:
             raise ValueError(f"eval.execute_steps K = {self.eval.execute_steps} exceeds the chunk H = {horizon}; "
                              f"the chunked regime executes K <= H actions per chunk")
+        for axis in AXES:  # a component's rules about the data it is trained on: one sentence each
+            check = getattr(getattr(self.model, axis), "check_experiment", None)
+            if check is not None:
+                check(self)
         t = self.training
         if t.world_size % t.sequence_parallel:
             raise ValueError(f"training.world_size {t.world_size} is not a multiple of training.sequence_parallel "

@@ -64,8 +64,6 @@ class PostPredictionHead(Coupling):
 
     def build(self, model, partitioned) -> int:
         head, substrate = self.cfg.head, model.substrate
-        if _decodes_pixels(substrate):
-            render_and_decode.check_horizon(model)
         if _reads_observed_cache(substrate):  # a mixture head joins every block in the trunk's head space
             extra = substrate.head_space(model.trunk)
         else:

@@ -22,15 +22,6 @@ import torch
 from wamforge.data_pipeline.video import pixels_to_unit
 
 
-def check_horizon(model) -> None:
-    """Every action needs a pair of decoded frames: H may not pass the future frames a clip decodes to."""
-    decoded = model.vae.temporal_stride * (model.latent_frames - model.clean_latents)
-    if model.horizon > decoded:
-        raise ValueError(f"substrate pixel.decoded reads one pair of decoded frames per action and a clip decodes to "
-                         f"{decoded} future frames: lower the regime's horizon {model.horizon} to {decoded} or less, "
-                         f"or lengthen data.clip_frames")
-
-
 def current_frame(model, observed_latents: int) -> int:
     """Index of the current frame among the frames decoded from `observed_latents` latent frames."""
     return model.vae.temporal_stride * (observed_latents - 1)

@@ -33,6 +33,7 @@ from wamforge.model_zoo.couplings.action_conditioned_rollout.planners import Bes
 from wamforge.model_zoo.couplings.base import Coupling
 from wamforge.model_zoo.couplings.value import discounted_return
 from wamforge.model_zoo.inference import Inference, guided
+from wamforge.model_zoo.vae import latent_geometry
 
 SAMPLES = ("policy", "world_model", "value")  # index = the mode's rank: it holds the frames of rank <= it clean
 ACTION_RANK, FUTURE_RANK, VALUE_RANK = 1, 2, 3
@@ -61,6 +62,17 @@ class TiledJointGenerationConfig(Strict):
     shares: SampleShares = SampleShares()
     gamma: float = Field(0.99, gt=0, le=1, description="discount of the value target (Cosmos-Policy: 0.99)")
     planning: BestOfNConfig | None = Field(None, description="best-of-N over policy samples, ranked by value")
+
+    def check_experiment(self, cfg) -> None:
+        """The action chunk must fit one latent frame of the data's resolution."""
+        channels, _, stride = latent_geometry(cfg.model.vae)
+        height, width = cfg.data.resolution
+        volume = channels * (height // stride) * (width // stride)
+        count = cfg.model.regime.horizon * cfg.model.max_action_dim
+        if count > volume:
+            raise ValueError(f"tiled_joint_generation tiles H x max_action_dim = {count} action values into one latent "
+                             f"frame of {volume}: raise data.resolution, or shorten model.regime.horizon or "
+                             f"model.max_action_dim")
 
     def check_fits(self, model_cfg) -> None:
         if model_cfg.substrate.kind != "pixel.latent":

@@ -55,6 +55,17 @@ class PixelLatent:
 class PixelDecodedConfig(Strict):
     kind: Literal["pixel.decoded"] = "pixel.decoded"
 
+    def check_experiment(self, cfg) -> None:
+        data, horizon = cfg.data, cfg.model.regime.horizon
+        if data.frame_stride != 1:
+            raise ValueError("substrate pixel.decoded reads the action between consecutive decoded frames, one "
+                             "control step apart: set data.frame_stride to 1")
+        future = data.clip_frames - 1 - data.context_frames
+        if horizon > future:
+            raise ValueError(f"substrate pixel.decoded reads one pair of decoded frames per action, and a clip of "
+                             f"{data.clip_frames} frames has {future} after the current one: lower "
+                             f"model.regime.horizon {horizon} to {future} or less, or lengthen data.clip_frames")
+
 
 class PixelDecoded:
     label = "Pixel (decoded)"
