@@ -89,11 +89,11 @@ def recipe_raw(base: dict, name: str) -> tuple[dict, list[str]]:
                           "layers": wan["layers"], "patch": wan["patch"]}
         notes.append(f"trunk cosmos {wan['heads']} heads x {wan['dim'] // wan['heads']} = {wan['dim']}, "
                      f"{wan['layers']} layers (mlp x4)")
+    else:
+        notes.append(f"trunk wan dim {wan['dim']}, {wan['layers']} layers, {wan['heads']} heads, ffn {wan['ffn_dim']}")
     if name == "mimic_video":
         model["substrate"] = {"kind": "feature.tap", "layer": 2, "noise": 0.8}
         notes.append("tap layer 2 of 4, tau 0.8 (recipe's)")
-    else:
-        notes.append(f"trunk wan dim {wan['dim']}, {wan['layers']} layers, {wan['heads']} heads, ffn {wan['ffn_dim']}")
     if name == "genie_envisioner":
         model["substrate"] = {"kind": "feature.tap", "layer": wan["layers"], "noise": 1.0}
         notes.append(f"tap layer {wan['layers']} = all blocks (layerwise head)")
@@ -109,7 +109,9 @@ def recipe_raw(base: dict, name: str) -> tuple[dict, list[str]]:
         notes.append("open-loop plan H = 8 (9-frame clips), episode ends with it")
     if name == "vjepa2_ac":  # MPC over a 2-step chunk: the planner's cost is paid every 2 steps
         raw["eval"].update(execute_steps=2, video_steps=2)
-        notes.append("K = H = 2, 2 world-model steps per candidate")
+        model["coupling"] = {"kind": "action_conditioned_rollout",
+                             "planner": {"kind": "cem", "samples": 16, "elites": 4, "iterations": 2}}
+        notes.append("K = H = 2; CEM 16 samples x 2 iterations, 2 world-model steps per candidate")
     if name == "dreamavoid":
         raw["eval"]["video_steps"] = 4
         notes.append("4 world-model steps per candidate")
@@ -138,9 +140,14 @@ def run_recipe(raw: dict, args) -> dict:
 
     path = args.root / "configs" / f"{raw['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = validate(raw, path)
     summary_path = RunPaths.of(cfg).root / "summary.json"
+    same = path.is_file() and yaml.safe_load(path.read_text()) == raw
+    if args.reuse and same and summary_path.is_file():  # this very experiment already ran to its end
+        summary = json.loads(summary_path.read_text())
+        return {"rc": 0, "wall_s": summary["wall_seconds"], "config": str(path), "run_dir": str(RunPaths.of(cfg).root),
+                "summary": summary, "reused": True}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     summary_path.unlink(missing_ok=True)
     started = time.perf_counter()
     argv = ["run", str(path)] + ([] if args.resume else ["--overwrite"])
@@ -290,6 +297,8 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("runs/bench_recipes"))
     p.add_argument("--suffix", default="", help="appended to every experiment name (runs beside the default ones)")
     p.add_argument("--resume", action="store_true", help="keep stages already trained (default: train again)")
+    p.add_argument("--reuse", action="store_true", help="keep the results of a recipe whose same experiment "
+                                                        "already ran to its summary (default: run it again)")
     p.add_argument("--quiet", action="store_true", help="send the CLI's own output to <root>/<recipe>.log")
     p.add_argument("--seed", type=int, default=0, help="the dynamics' torch.Generator seed and window pick")
     p.add_argument("--heldout-seed", type=int, default=7, help="sim seed of the held-out episodes (training: 0)")
