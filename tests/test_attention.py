@@ -62,3 +62,55 @@ def test_action_block_cannot_see_future_video():
     out2 = attention(q, k2, v2, attn_mask=mask)
     torch.testing.assert_close(out[:, :, :6], out2[:, :, :6])  # frame 0 and actions unchanged
     assert not torch.allclose(out[:, :, 6:], out2[:, :, 6:])
+
+
+def rule_layouts():
+    """The mask builder's patterns on a small typed sequence: 3 frames of 40 video tokens, 6 actions
+    tied to frame 0, a proprio token, 3 registers and, for teacher forcing, a clean copy of the frames."""
+    from wamforge.model_zoo.common.masks import Layout, Span
+
+    video = [Span("video", 40, frame=f) for f in range(3)]
+    others = [Span("action", 6, frame=0), Span("proprio", 1), Span("register", 3)]
+    clean = [Span("video", 40, frame=f, clean=True) for f in range(3)]
+    return {"block_causal": (Layout(video + others), [{"kind": "block_causal"}]),
+            "teacher_forcing": (Layout(clean + video + others), [{"kind": "teacher_forcing"}]),
+            "hide_video_from_actions": (Layout(video + others), [{"kind": "hide", "query": ["video"],
+                                                                  "key": ["action", "proprio"]}]),
+            "actions_see_the_first_frame_only": (Layout(video + others), [
+                {"kind": "only_frames", "query": ["action"], "key": ["video"], "frames": [0]},
+                {"kind": "hide", "query": ["video"], "key": ["action"]}])}
+
+
+@pytest.mark.parametrize("pattern", list(rule_layouts()))
+def test_flex_attention_with_a_block_mask_equals_sdpa_with_the_dense_mask(pattern):
+    from pydantic import TypeAdapter
+
+    from wamforge.model_zoo.common.attention import as_block_mask
+    from wamforge.model_zoo.common.masks import MaskRule, build_mask
+
+    layout, rules = rule_layouts()[pattern]
+    dense = build_mask(layout, [TypeAdapter(MaskRule).validate_python(r) for r in rules])
+    assert not dense.all()  # a real restriction
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, len(layout), 16) for _ in range(3))
+    flex = attention(q, k, v, attn_mask=as_block_mask(dense, block_size=32))
+    torch.testing.assert_close(flex, attention(q, k, v, attn_mask=dense), rtol=1e-5, atol=1e-5)
+
+
+def test_the_wan_trunk_gives_the_same_velocity_with_flex_and_with_sdpa():
+    from wamforge.model_zoo.common.attention import set_masked_attention
+
+    trunk = wan_tiny()
+    latents, text = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 5, 32)
+    frame_t = torch.tensor([[0.0, 0.5, 0.5]])
+    tokens = trunk.grid(latents)[1] * trunk.grid(latents)[2]
+    mask = blockwise_causal_mask([tokens] * 3)
+    outputs = {}
+    try:
+        for backend in ("sdpa", "flex"):
+            set_masked_attention(backend)
+            with torch.no_grad():  # FlexAttention has no backward on CPU; on CUDA it has
+                outputs[backend] = trunk.predict(latents, frame_t, text, self_attn_mask=mask)[0]
+    finally:
+        set_masked_attention("auto")
+    torch.testing.assert_close(outputs["flex"], outputs["sdpa"], rtol=1e-4, atol=1e-5)

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from wamforge.model_zoo.common.attention import blockwise_causal_mask
+from wamforge.model_zoo.common.attention import as_block_mask, blockwise_causal_mask, masked_backend
 from wamforge.model_zoo.common.layers import LayerCache
 from wamforge.model_zoo.trunks.wan.model import NUM_TRAIN_TIMESTEPS
 
@@ -162,6 +162,8 @@ class KVCache:
             causal = blockwise_causal_mask([per_frame] * frames, device=latents.device)
             mask = torch.cat([causal.new_ones(causal.shape[0], cached), causal], dim=1)
 
+        if mask is not None and masked_backend(latents.device) == "flex":
+            mask = as_block_mask(mask)
         x = trunk.embed(latents)
         for block, layer in zip(trunk.blocks, self.layers):
             layer.write = store
