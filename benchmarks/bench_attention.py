@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from wamforge.model_zoo.common.attention import as_block_mask, attention  # noqa: E402
 from wamforge.model_zoo.common.masks import BlockCausal, Hide, Layout, Span, TeacherForcing, build_mask  # noqa: E402
+from bench_inference import timed  # noqa: E402
 
 FRAME = 256
 
@@ -46,16 +46,8 @@ def patterns(tokens: int) -> dict[str, torch.Tensor]:
                                [Hide(query=["video"], key=["action"])])}
 
 
-def timed(fn, repeats: int, device) -> float:
-    fn()  # warm-up (and compile)
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(1000 * (time.perf_counter() - start))
-    return statistics.median(out)
+def median_ms(fn, repeats: int, device) -> float:
+    return statistics.median(timed(fn, 1, repeats, device))  # one warm-up call: it also compiles
 
 
 def main() -> None:
@@ -81,10 +73,10 @@ def main() -> None:
                 q, k, v = (torch.randn(1, args.heads, len(dense), args.head_dim, device=device, dtype=dtype)
                            for _ in range(3))
                 block = as_block_mask(dense)
-                ms = {"sdpa": timed(lambda: attention(q, k, v, attn_mask=dense), args.repeats, device),
-                      "flex": timed(lambda: attention(q, k, v, attn_mask=block), args.repeats, device)}
+                ms = {"sdpa": median_ms(lambda: attention(q, k, v, attn_mask=dense), args.repeats, device),
+                      "flex": median_ms(lambda: attention(q, k, v, attn_mask=block), args.repeats, device)}
                 try:
-                    ms["flex_compiled"] = timed(lambda: compiled(q, k, v, block_mask=block), args.repeats, device)
+                    ms["flex_compiled"] = median_ms(lambda: compiled(q, k, v, block_mask=block), args.repeats, device)
                 except Exception as err:  # noqa: BLE001 - inductor may not build it on this machine: say why
                     ms["flex_compiled"] = None
                     res.setdefault("not_built", f"{type(err).__name__}: {str(err).splitlines()[0][:160]}")

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-
-from wamforge.launchers.local import free_port
 
 VENV_BIN = Path(sys.executable).parent
 RAY = VENV_BIN / "ray"
@@ -78,16 +77,43 @@ def cluster_env(temp_dir: Path, dashboard_port: int) -> dict:
     return env
 
 
-def start_cluster(num_cpus: int = 2, timeout_s: float = 90) -> RayCluster:
+class PortCollision(RuntimeError):
+    """Ray refused to start: a port we chose was one it had picked for itself."""
+
+
+def start_cluster(num_cpus: int = 2, timeout_s: float = 90, attempts: int = 3) -> RayCluster:
+    """Ray picks ports for components we cannot pin (its metrics agent) while the ones we chose are
+    free but not yet bound, and refuses to start when the two coincide: start again on fresh ports."""
+    for attempt in range(attempts):
+        try:
+            return _start_cluster(num_cpus, timeout_s)
+        except PortCollision:
+            if attempt == attempts - 1:
+                raise
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` ports free at once (each socket held until all are chosen, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _start_cluster(num_cpus: int, timeout_s: float) -> RayCluster:
     # a short temp dir: Ray's unix sockets live under it and their paths are length-limited; it also
     # keeps this cluster out of /tmp/ray, where other processes' `ray.init()` would find and join it
     temp_dir = Path(tempfile.mkdtemp(prefix="wfray", dir="/tmp"))
     token = auth_token()
-    gcs_port, dashboard_port = free_port(), free_port()
-    ports = {"--node-manager-port": free_port(), "--object-manager-port": free_port(),
-             "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-             "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
-             "--metrics-export-port": free_port()}
+    names = ["--node-manager-port", "--object-manager-port", "--ray-client-server-port",
+             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+             "--metrics-export-port"]
+    gcs_port, dashboard_port, *chosen = distinct_free_ports(2 + len(names))
+    ports = dict(zip(names, chosen))
     command = [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
@@ -111,8 +137,10 @@ def _wait_until_serving(cluster: RayCluster, token: str, timeout_s: float) -> No
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if cluster.process.poll() is not None:
-            raise RuntimeError(f"ray start exited with {cluster.process.returncode}:\n"
-                               f"{cluster.log.read_text()[-3000:]}")
+            log = cluster.log.read_text()
+            if "is trying to use a port number" in log:
+                raise PortCollision(log[-3000:])
+            raise RuntimeError(f"ray start exited with {cluster.process.returncode}:\n{log[-3000:]}")
         try:
             if requests.get(f"{cluster.dashboard}/api/version", timeout=2,
                             headers={"Authorization": f"Bearer {token}"}).ok:

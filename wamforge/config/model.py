@@ -49,6 +49,8 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _components_fit(self):
         if self.baseline is not None:  # no substrate, backbone, coupling or trunk is built: none can misfit
+            if self.trunk.init_from is not None:
+                raise ValueError(f"baseline {self.baseline.kind} builds no video trunk for trunk.init_from to load")
             self.baseline.check_fits(self)
             return self
         layer = getattr(self.substrate, "layer", None)
@@ -74,7 +76,7 @@ class ModelConfig(Strict):
         if head_kind == "mixture" and self.substrate.kind != "feature.encoder_only":
             raise ValueError("a mixture head joins every trunk block's keys and values of the observed frames: use "
                              "substrate feature.encoder_only, or head kind layerwise to read tapped states")
-        for axis in AXES:  # a component's own rules about the others: one sentence each, before launch
+        for axis in (*AXES, "trunk"):  # a component's own rules about the others: one sentence each, before launch
             check = getattr(getattr(self, axis), "check_fits", None)
             if check is not None:
                 check(self)

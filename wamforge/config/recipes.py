@@ -35,11 +35,13 @@ def load_recipe(name: str) -> dict:
 
 def merge(under: dict, over: dict) -> dict:
     """`over` laid on `under`, recursively; a component block whose `kind` differs (or a plain kind
-    name) replaces the one under it whole, so no field of another component leaks in."""
+    name) replaces the one under it whole, so no field of another component leaks in; so does one
+    naming a released `size`, which fixes the whole shape."""
     out = copy.deepcopy(under)
     for key, value in over.items():
         below = out.get(key)
-        if isinstance(value, dict) and isinstance(below, dict) and value.get("kind", below.get("kind")) == below.get("kind"):
+        if isinstance(value, dict) and isinstance(below, dict) and "size" not in value \
+                and value.get("kind", below.get("kind")) == below.get("kind"):
             out[key] = merge(below, value)
         else:
             out[key] = copy.deepcopy(value)

@@ -1,4 +1,5 @@
-"""Stage handoff: which weights a stage starts from, renamed by the stage's key map, with a
+"""Stage handoff: which weights a stage starts from (the previous stage's, a file, or for a first
+stage the released trunk `model.trunk.init_from` names), renamed by the stage's key map, with a
 report of what was loaded, what is new (kept at its fresh initialisation) and what was dropped."""
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class InitReport:
         if self.renamed:
             text += f", {len(self.renamed)} renamed"
         if self.new:
-            text += f"; {len(self.new)} new (fresh init): {_preview(self.new)}"
+            text += f"; {len(self.new)} new (fresh init): {_by_part(self.new)}"
         if self.dropped:
             text += f"; {len(self.dropped)} dropped: {_preview(self.dropped)}"
         return text
@@ -64,7 +65,7 @@ def load_initial_weights(model: torch.nn.Module, stage: StageConfig, cfg: Experi
                          paths: RunPaths) -> InitReport:
     path = init_path(stage, cfg, paths)
     if path is None:
-        return InitReport()
+        return load_pretrained(model, cfg.model.trunk)
     if not path.exists():
         raise FileNotFoundError(f"stage '{stage.name}' starts from {path}, which does not exist; "
                                 f"train the previous stage first or fix init_from")
@@ -93,6 +94,28 @@ def load_initial_weights(model: torch.nn.Module, stage: StageConfig, cfg: Experi
                 with whole([targets[k]]):
                     targets[k].copy_(file.get_tensor(key_of[k]))
     return report
+
+
+def load_pretrained(model: torch.nn.Module, trunk_cfg) -> InitReport:
+    """The released trunk a first stage starts from, if the config names one; everything outside the
+    trunk is new."""
+    from wamforge.model_zoo.trunks.pretrained import load_pretrained_trunk
+
+    if getattr(trunk_cfg, "init_from", None) is None:
+        return InitReport()
+    loaded = load_pretrained_trunk(model.trunk, trunk_cfg.kind, trunk_cfg.init_from)
+    names = model.state_dict(keep_vars=True)
+    return InitReport(source=Path(trunk_cfg.init_from.path), loaded=[f"trunk.{n}" for n in loaded.loaded],
+                      new=sorted(n for n in names if not n.startswith("trunk.")), dropped=loaded.dropped)
+
+
+def _by_part(keys: list[str]) -> str:
+    """Tensor names counted by the module they belong to: `action_expert (12), embodiments (4)`."""
+    parts: dict[str, int] = {}
+    for key in keys:
+        part = key.split(".")[0]
+        parts[part] = parts.get(part, 0) + 1
+    return ", ".join(f"{part} ({count})" for part, count in parts.items())
 
 
 def _preview(keys: list[str], n: int = 4) -> str:

@@ -1,5 +1,6 @@
 """Safetensors checkpoints on disk, shared by every module's weight loader: find the tensors of a
-file, a sharded index or a folder; write one file or shards with an index; report a load."""
+file, a sharded index or a folder; copy them into a model by a name map, strictly and with a report
+(into ZeRO-3 partitioned parameters too); write one file or shards with an index."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
+
+from wamforge.model_zoo.common.partitions import full_shape, whole
 
 
 @dataclass
@@ -25,7 +29,9 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def problems(self) -> str:
-        parts = [f"{label} ({len(names)}): {', '.join(names)}" for label, names in
+        # a checkpoint of another size misfits in every block: the first few name the problem
+        parts = [f"{label} ({len(names)}): {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
+                 for label, names in
                  (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched))
                  if names]
         return "; ".join(parts)
@@ -47,6 +53,42 @@ def checkpoint_files(path: str | Path) -> dict[str, Path]:
         raise ValueError(f"{path}: only safetensors checkpoints are read")
     with safe_open(path, framework="pt") as handle:
         return {name: path for name in handle.keys()}
+
+
+def load_named(model: nn.Module, files: dict[str, Path], stored: dict[str, str], targets: dict[str, str],
+               report: LoadReport, source: str | Path, partial: bool = False) -> LoadReport:
+    """Copy checkpoint tensors into `model`, each cast to its parameter's dtype. `files`: {stored
+    name: shard}; `stored`: {canonical name: stored name} for the tensors meant for the model;
+    `targets`: {canonical name: model parameter}. Missing, unexpected or mis-shaped tensors raise a
+    KeyError naming them before anything is copied; with partial=True the rest is loaded and the
+    report lists what was skipped."""
+    state = model.state_dict(keep_vars=True)  # the parameters themselves: partitioned ones are gathered
+    report.missing = sorted(targets[name] for name in targets.keys() - stored.keys())
+    report.unexpected = sorted(stored[name] for name in stored.keys() - targets.keys())
+    by_file: dict[Path, list[str]] = {}
+    for name in sorted(stored.keys() & targets.keys()):
+        by_file.setdefault(files[stored[name]], []).append(name)
+    skipped = set()
+    for file, group in by_file.items():
+        with safe_open(file, framework="pt") as handle:
+            for name in group:
+                shape, wanted = tuple(handle.get_slice(stored[name]).get_shape()), full_shape(state[targets[name]])
+                if shape != wanted:
+                    report.mismatched.append(f"{stored[name]}: {shape} vs {wanted}")
+                    skipped.add(name)
+    report.mismatched.sort()
+    if not report.complete and not partial:
+        raise KeyError(f"{source} does not fit the model ({report.layout} layout): {report.problems()}")
+    with torch.no_grad():
+        for file, group in by_file.items():
+            with safe_open(file, framework="pt") as handle:
+                for name in group:
+                    if name not in skipped:
+                        target = state[targets[name]]
+                        with whole([target]):
+                            target.copy_(handle.get_tensor(stored[name]))
+                        report.loaded.append(targets[name])
+    return report
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], directory: str | Path, stem: str,

@@ -1,4 +1,5 @@
-"""The Cosmos-Predict2 video DiT as a trunk component: its config (a named size or explicit dims) and builder."""
+"""The Cosmos-Predict2 video DiT as a trunk component: its config (a named size or explicit dims, and the
+released checkpoint it may start from) and builder."""
 from __future__ import annotations
 
 from typing import Literal
@@ -6,6 +7,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from wamforge.config.base import Strict
+from wamforge.model_zoo.trunks.pretrained import PretrainedTrunk, check_format, check_widths
 
 
 class CosmosTrunkConfig(Strict):
@@ -18,9 +20,14 @@ class CosmosTrunkConfig(Strict):
     adaln_lora_dim: int = 16
     patch: tuple[int, int, int] = (1, 2, 2)
     rope_scale: tuple[float, float, float] = (1.0, 3.0, 3.0)
+    # Video2World's input channel marking the frames given as condition (flow time 0 here); set by
+    # the Video2World sizes, whose checkpoints have it
+    condition_mask: bool = False
+    init_from: PretrainedTrunk | None = None  # a released checkpoint (format cosmos or diffusers): trunks/pretrained.py
 
     @model_validator(mode="after")
     def _named_size(self):
+        check_format(self.kind, self.init_from)
         if self.size is None:
             return self
         from wamforge.model_zoo.trunks.cosmos.sizes import COSMOS_SIZES
@@ -34,7 +41,16 @@ class CosmosTrunkConfig(Strict):
         self.heads, self.head_dim, self.layers = shape.num_attention_heads, shape.attention_head_dim, shape.num_layers
         self.mlp_ratio, self.adaln_lora_dim = shape.mlp_ratio, shape.adaln_lora_dim
         self.patch, self.rope_scale = shape.patch_size, shape.rope_scale
+        self.condition_mask = shape.in_channels == shape.out_channels + 1
         return self
+
+    def check_fits(self, model_cfg) -> None:
+        if self.size is not None:
+            from wamforge.model_zoo.trunks.cosmos.sizes import COSMOS_SIZES
+
+            shape = COSMOS_SIZES[self.size]
+            check_widths(self, model_cfg, shape.out_channels, shape.text_embed_dim,
+                         "T5-11B" if shape.text_embed_dim == 1024 else "its text encoder")
 
     @property
     def dim(self) -> int:
@@ -44,9 +60,9 @@ class CosmosTrunkConfig(Strict):
 def build_cosmos_trunk(cfg: CosmosTrunkConfig, in_channels: int, text_dim: int):
     from wamforge.model_zoo.trunks.cosmos.model import CosmosDiT
 
-    # no learnable absolute positions and no condition-mask channel: the clean frames are marked by
-    # their flow time 0, as in the other couplings
-    return CosmosDiT(in_channels=in_channels, out_channels=in_channels, num_attention_heads=cfg.heads,
+    # no learnable absolute positions (no Predict2 release has them); the clean frames are marked by
+    # their flow time 0, as in the other couplings, and by the condition mask where the size has one
+    return CosmosDiT(in_channels=in_channels + int(cfg.condition_mask), out_channels=in_channels, num_attention_heads=cfg.heads,
                      attention_head_dim=cfg.head_dim, num_layers=cfg.layers, mlp_ratio=cfg.mlp_ratio,
                      text_embed_dim=text_dim, adaln_lora_dim=cfg.adaln_lora_dim, patch_size=cfg.patch,
                      rope_scale=cfg.rope_scale)

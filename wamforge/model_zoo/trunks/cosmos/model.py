@@ -268,6 +268,8 @@ class CosmosDiT(nn.Module):
         dim = num_attention_heads * attention_head_dim
         self.patch_size = tuple(patch_size)
         self.out_channels = out_channels
+        # Video2World: one input channel more than it predicts, the condition mask
+        self.takes_condition_mask = in_channels == out_channels + 1
         self.concat_padding_mask = concat_padding_mask
         self.patch_embed = PatchEmbed(in_channels + int(concat_padding_mask), dim, self.patch_size)
         self.rope = CosmosRotaryPosEmbed(attention_head_dim, rope_scale)
@@ -338,8 +340,14 @@ class CosmosDiT(nn.Module):
                 ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         """The trunk as the couplings see it: flow time per latent frame frame_t [B, F] in [0, 1]
         (Cosmos' own scale: the pipelines pass sigma / (sigma + 1), which is the rectified-flow time)
-        -> (velocity, or None when stopped at block `stop_at`; {block: hidden states})."""
-        return self._run(latents, frame_t, text_emb, text_mask=text_mask, taps=taps, stop_at=stop_at)
+        -> (velocity, or None when stopped at block `stop_at`; {block: hidden states}). A Video2World
+        trunk's condition mask is 1 on the frames at flow time 0, the ones given as condition."""
+        condition_mask = None
+        if self.takes_condition_mask:
+            batch, _, frames, height, width = latents.shape
+            condition_mask = (frame_t == 0).to(latents.dtype)[:, None, :, None, None].expand(
+                batch, 1, frames, height, width)
+        return self._run(latents, frame_t, text_emb, condition_mask, text_mask=text_mask, taps=taps, stop_at=stop_at)
 
     def _run(self, hidden_states, timestep, encoder_hidden_states, condition_mask=None, padding_mask=None,
              fps=None, text_mask=None, taps: tuple[int, ...] = (), stop_at: int | None = None):

@@ -24,11 +24,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import torch
-from safetensors import safe_open
 from torch import nn
 
-from wamforge.model_zoo.common.weights_io import LoadReport, checkpoint_files, write_safetensors
+from wamforge.model_zoo.common.weights_io import LoadReport, checkpoint_files, load_named, write_safetensors
 
 
 Layout = Literal["diffusers", "native"]
@@ -124,38 +122,11 @@ def load_cosmos_weights(model: nn.Module, path: str | Path, layout: Layout | Lit
     if layout == "native" and not any(n.startswith(NATIVE_PREFIX) for n in names):
         names = {NATIVE_PREFIX + n: stored for n, stored in names.items()}  # a bare MiniTrainDIT state dict
     targets = layout_names(model, layout)
-    state = model.state_dict()
-
     report = LoadReport(layout)
     if layout == "native":
         report.dropped = sorted(names[n] for n in names.keys() - targets.keys() if is_dropped(n))
-    dropped = set(report.dropped)
-    report.missing = sorted(targets[n] for n in targets.keys() - names.keys())
-    report.unexpected = sorted(names[n] for n in names.keys() - targets.keys() if names[n] not in dropped)
-    by_file: dict[Path, list[str]] = {}
-    for name in sorted(names.keys() & targets.keys()):
-        by_file.setdefault(files[names[name]], []).append(name)
-    skipped = set()
-    for file, group in by_file.items():
-        with safe_open(file, framework="pt") as handle:
-            for name in group:
-                shape = tuple(handle.get_slice(names[name]).get_shape())
-                wanted = tuple(state[targets[name]].shape)
-                if shape != wanted:
-                    report.mismatched.append(f"{names[name]}: {shape} vs {wanted}")
-                    skipped.add(name)
-    report.mismatched.sort()
-    if not report.complete and not partial:
-        raise KeyError(f"{path} does not fit the model ({layout} layout): {report.problems()}")
-
-    with torch.no_grad():
-        for file, group in by_file.items():
-            with safe_open(file, framework="pt") as handle:
-                for name in group:
-                    if name not in skipped:
-                        state[targets[name]].copy_(handle.get_tensor(names[name]))
-                        report.loaded.append(targets[name])
-    return report
+        names = {n: stored for n, stored in names.items() if stored not in report.dropped}
+    return load_named(model, files, names, targets, report, path, partial)
 
 
 def save_cosmos_weights(model: nn.Module, directory: str | Path, layout: Layout = "native",

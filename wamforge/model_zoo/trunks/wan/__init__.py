@@ -1,4 +1,5 @@
-"""The Wan2.1/2.2 video DiT as a trunk component: its config (a named size or explicit dims) and builder."""
+"""The Wan2.1/2.2 video DiT as a trunk component: its config (a named size or explicit dims, and the
+released checkpoint it may start from) and builder."""
 from __future__ import annotations
 
 from typing import Literal
@@ -6,6 +7,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from wamforge.config.base import Strict
+from wamforge.model_zoo.trunks.pretrained import PretrainedTrunk, check_format, check_widths
 
 
 class WanTrunkConfig(Strict):
@@ -20,6 +22,7 @@ class WanTrunkConfig(Strict):
     patch: tuple[int, int, int] = (1, 2, 2)
     qk_norm: bool = True
     activation_checkpointing: bool = False  # recompute blocks in backward to save activation memory
+    init_from: PretrainedTrunk | None = None  # a released checkpoint (format wan or diffusers): trunks/pretrained.py
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -36,7 +39,20 @@ class WanTrunkConfig(Strict):
             self.patch = shape.patch
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        check_format(self.kind, self.init_from)
         return self
+
+    def check_fits(self, model_cfg) -> None:
+        if self.size is None:
+            return
+        from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
+
+        shape = WAN_SIZES[self.size]
+        if shape.image_dim is not None:
+            raise ValueError(f"trunk.size {self.size} conditions on CLIP image tokens, which no coupling gives it; "
+                             f"start from a text-to-video size")
+        check_widths(self, model_cfg, shape.in_channels, shape.text_dim, "umT5-XXL" if shape.text_dim == 4096 else
+                     "its text encoder")
 
 
 def build_wan_trunk(cfg: WanTrunkConfig, in_channels: int, text_dim: int):

@@ -15,11 +15,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import torch
-from safetensors import safe_open
 from torch import nn
 
-from wamforge.model_zoo.common.weights_io import LoadReport, checkpoint_files, write_safetensors
+from wamforge.model_zoo.common.weights_io import LoadReport, checkpoint_files, load_named, write_safetensors
 
 Layout = Literal["diffusers", "native"]
 LAYOUTS = ("diffusers", "native")
@@ -89,35 +87,9 @@ def load_wan_weights(model: nn.Module, path: str | Path, layout: Layout | Litera
     """
     files = checkpoint_files(path)
     prefix = _NATIVE_PREFIX if all(name.startswith(_NATIVE_PREFIX) for name in files) else ""
-    files = {name[len(prefix):]: file for name, file in files.items()}
-    layout = detect_layout(files) if layout == "auto" else layout
-    targets = layout_names(model, layout)
-    state = model.state_dict()
-
-    report = LoadReport(layout)
-    report.missing = sorted(targets[name] for name in targets.keys() - files.keys())
-    report.unexpected = sorted(files.keys() - targets.keys())
-    by_file: dict[Path, list[str]] = {}
-    for name in sorted(files.keys() & targets.keys()):
-        by_file.setdefault(files[name], []).append(name)
-    for file, names in by_file.items():
-        with safe_open(file, framework="pt") as handle:
-            for name in names:
-                shape, wanted = tuple(handle.get_slice(prefix + name).get_shape()), tuple(state[targets[name]].shape)
-                if shape != wanted:
-                    report.mismatched.append(f"{name}: {shape} vs {wanted}")
-    if not report.complete and not partial:
-        raise KeyError(f"{path} does not fit the model ({layout} layout): {report.problems()}")
-
-    skipped = {entry.split(":")[0] for entry in report.mismatched}
-    with torch.no_grad():
-        for file, names in by_file.items():
-            with safe_open(file, framework="pt") as handle:
-                for name in names:
-                    if name not in skipped:
-                        state[targets[name]].copy_(handle.get_tensor(prefix + name))
-                        report.loaded.append(targets[name])
-    return report
+    stored = {name[len(prefix):]: name for name in files}
+    layout = detect_layout(stored) if layout == "auto" else layout
+    return load_named(model, files, stored, layout_names(model, layout), LoadReport(layout), path, partial)
 
 
 def save_wan_weights(model: nn.Module, directory: str | Path, layout: Layout = "native",
