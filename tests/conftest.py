@@ -4,9 +4,11 @@ from __future__ import annotations
 import copy
 import faulthandler
 import os
+import types
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -78,3 +80,16 @@ def built(tmp_path_factory):
     cfg = validate(tiny_config(root))
     manifest = build_dataset(cfg)
     return cfg, manifest
+
+
+@pytest.fixture
+def nearest_resize_without_torchvision(monkeypatch):
+    """diffusers resizes the padding mask with torchvision, which this venv lacks; torchvision's
+    NEAREST resize of a tensor is torch.nn.functional.interpolate(mode="nearest"), so stand that in."""
+    transformer_cosmos = pytest.importorskip("diffusers.models.transformers.transformer_cosmos")
+    if getattr(transformer_cosmos, "transforms", None) is None:
+        shim = types.SimpleNamespace(
+            InterpolationMode=types.SimpleNamespace(NEAREST="nearest"),
+            functional=types.SimpleNamespace(resize=lambda image, size, interpolation: torch.nn.functional.interpolate(
+                image, size=tuple(size), mode=interpolation)))
+        monkeypatch.setattr(transformer_cosmos, "transforms", shim, raising=False)

@@ -1,11 +1,8 @@
 """wamforge's CosmosDiT against diffusers' CosmosTransformer3DModel, weight for weight, in fp32 on CPU."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from wamforge.model_zoo.trunks.cosmos.model import CosmosDiT, CosmosRotaryPosEmbed
 from wamforge.model_zoo.trunks.cosmos.sizes import COSMOS_SIZES
@@ -16,16 +13,8 @@ TOLERANCE = 1e-5
 TEXT_DIM, TEXT_LEN = 32, 7
 
 
-@pytest.fixture(autouse=True)
-def nearest_resize_without_torchvision(monkeypatch):
-    """diffusers resizes the padding mask with torchvision, which this venv lacks; torchvision's
-    NEAREST resize of a tensor is F.interpolate(mode="nearest"), so stand that in."""
-    if getattr(transformer_cosmos, "transforms", None) is None:
-        shim = SimpleNamespace(
-            InterpolationMode=SimpleNamespace(NEAREST="nearest"),
-            functional=SimpleNamespace(resize=lambda image, size, interpolation: F.interpolate(
-                image, size=tuple(size), mode=interpolation)))
-        monkeypatch.setattr(transformer_cosmos, "transforms", shim, raising=False)
+# diffusers' Cosmos resizes the padding mask with torchvision, absent here: conftest stands in
+pytestmark = pytest.mark.usefixtures("nearest_resize_without_torchvision")
 
 
 def reference_and_ours(**config):

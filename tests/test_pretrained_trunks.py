@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_config
+from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
 
 from wamforge.config import validate
 from wamforge.config.paths import RunPaths
 from wamforge.model_zoo.build import build_model
+from wamforge.model_zoo.trunks import TrunkConfig
 from wamforge.model_zoo.trunks.cosmos.sizes import COSMOS_SIZES
 from wamforge.model_zoo.trunks.cosmos.weights import save_cosmos_weights
 from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
@@ -123,3 +125,13 @@ def test_a_released_size_refuses_other_widths_before_launch(change, message, tmp
 def test_a_format_of_another_trunk_is_refused(tmp_path):
     with pytest.raises(ValueError, match="trunk kind wan loads formats wan or diffusers, not 'cosmos'"):
         experiment("wan", tmp_path, {"format": "cosmos", "path": str(tmp_path)})
+
+
+@pytest.mark.parametrize("trunk", [{"kind": "wan", "size": "tiny", "dim": 64, "layers": 3},
+                                   {"kind": "cosmos", "size": "tiny", "heads": 2, "layers": 3}])
+def test_a_size_takes_its_own_dims_again_but_refuses_others(trunk, tmp_path):
+    adapter = TypeAdapter(TrunkConfig)
+    saved = adapter.validate_python({k: v for k, v in trunk.items() if k != "layers"})
+    assert adapter.validate_python(saved.model_dump()) == saved  # a saved config repeats the size's dims
+    with pytest.raises(ValidationError, match=r"fixes \['layers'\]"):
+        adapter.validate_python(trunk)

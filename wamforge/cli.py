@@ -72,7 +72,7 @@ def cmd_train(cfg: ExperimentConfig, args) -> int:
 def cmd_export(cfg: ExperimentConfig, args) -> int:
     from wamforge.training.export import export
 
-    out = export(cfg, out=args.out, ema=args.ema, dtype=args.dtype)
+    out = export(cfg, out=args.out, ema=args.ema, dtype=args.dtype, format=args.format)
     console.print(f"[green]exported[/] {out}")
     return 0
 
@@ -380,6 +380,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("--ema", action="store_true", help="the stage's EMA weights (training.ema_decay > 0)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights as trained, or bf16 (half the size)")
+    p.add_argument("--format", choices=["policy", "diffusers", "native"], default="policy",
+                   help="one weights file, or the video trunk as a diffusers / native release folder beside the "
+                        "WAM's own parts")
 
     p = command("eval", cmd_eval, "closed-loop evaluation of an exported policy")
     p.add_argument("--policy", default=None, help="export directory (default: runs/<name>/export)")

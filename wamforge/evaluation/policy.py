@@ -123,10 +123,31 @@ def load_policy(directory: str | Path, device: str | None = None, inference: Inf
                          f"(hash {stats_hash(stats)}, expected {meta['stats_hash']}); re-export the run")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(cfg, len(registry))
-    weights, own = load_file(str(directory / "model.safetensors")), model.state_dict()
+    _load_weights(model, directory, meta.get("format", "policy"), cfg.model.trunk.kind)
+    return Policy(model.to(dev), cfg, registry, stats, dev, inference or cfg.eval.inference())
+
+
+def _load_weights(model, directory: Path, format: str, trunk_kind: str) -> None:
+    """The exported weights, strictly: one model.safetensors, or a trunk release folder beside the
+    WAM's own parts (training/export.py)."""
+    from wamforge.training.export import TRUNK_DIR, WAM_PARTS
+
+    own = model.state_dict()
+    file = directory / ("model.safetensors" if format == "policy" else WAM_PARTS)
+    weights = load_file(str(file))
+    if format != "policy":
+        from wamforge.model_zoo.trunks.pretrained import PretrainedTrunk, load_pretrained_trunk
+
+        init = PretrainedTrunk(format="diffusers" if format == "diffusers" else trunk_kind,
+                               path=str(directory / TRUNK_DIR))
+        try:
+            load_pretrained_trunk(model.trunk, trunk_kind, init)
+        except KeyError as err:
+            raise ValueError(f"{directory / TRUNK_DIR} does not fit the trunk its config.json describes: "
+                             f"{err.args[0]}; export the run again") from None
+        own = {k: v for k, v in own.items() if not k.startswith("trunk.")}
     misfit = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
     if misfit or set(weights) - set(own):
-        raise ValueError(f"{directory / 'model.safetensors'} does not fit the model its config.json describes "
+        raise ValueError(f"{file} does not fit the model its config.json describes "
                          f"(first misfit: {(misfit or sorted(set(weights) - set(own)))[0]}); export the run again")
-    model.load_state_dict(weights)
-    return Policy(model.to(dev), cfg, registry, stats, dev, inference or cfg.eval.inference())
+    model.load_state_dict(weights, strict=format == "policy")

@@ -34,10 +34,12 @@ class CosmosTrunkConfig(Strict):
 
         if self.size not in COSMOS_SIZES:
             raise ValueError(f"unknown Cosmos size '{self.size}'; known: {', '.join(COSMOS_SIZES)}")
-        given = self.model_fields_set & {"heads", "head_dim", "layers", "mlp_ratio", "adaln_lora_dim"}
+        shape = COSMOS_SIZES[self.size]
+        fixed = {"heads": shape.num_attention_heads, "head_dim": shape.attention_head_dim, "layers": shape.num_layers,
+                 "mlp_ratio": shape.mlp_ratio, "adaln_lora_dim": shape.adaln_lora_dim}
+        given = [f for f in self.model_fields_set & fixed.keys() if getattr(self, f) != fixed[f]]  # a saved config repeats them
         if given:
             raise ValueError(f"trunk.size '{self.size}' fixes {sorted(given)}; give either the size or the dims")
-        shape = COSMOS_SIZES[self.size]
         self.heads, self.head_dim, self.layers = shape.num_attention_heads, shape.attention_head_dim, shape.num_layers
         self.mlp_ratio, self.adaln_lora_dim = shape.mlp_ratio, shape.adaln_lora_dim
         self.patch, self.rope_scale = shape.patch_size, shape.rope_scale

@@ -13,7 +13,7 @@ from wamforge.model_zoo.trunks.pretrained import PretrainedTrunk, check_format, 
 class WanTrunkConfig(Strict):
     kind: Literal["wan"] = "wan"
     # a released size (trunks/wan/sizes.py: wan2.1-1.3b, wan2.1-14b, wan2.2-ti2v-5b, tiny); it sets
-    # dim, ffn_dim, layers and heads, which are then not to be given
+    # dim, ffn_dim, layers and heads, which may then be given only as the size has them (a saved config does)
     size: str | None = None
     dim: int = 96
     layers: int = 4
@@ -31,10 +31,11 @@ class WanTrunkConfig(Strict):
 
             if self.size not in WAN_SIZES:
                 raise ValueError(f"unknown Wan size '{self.size}'; known: {', '.join(WAN_SIZES)}")
-            given = self.model_fields_set & {"dim", "layers", "heads", "ffn_dim"}
+            shape = WAN_SIZES[self.size]
+            given = [f for f in self.model_fields_set & {"dim", "layers", "heads", "ffn_dim"}
+                     if getattr(self, f) != getattr(shape, f)]
             if given:
                 raise ValueError(f"trunk.size '{self.size}' fixes {sorted(given)}; give either the size or the dims")
-            shape = WAN_SIZES[self.size]
             self.dim, self.layers, self.heads, self.ffn_dim = shape.dim, shape.layers, shape.heads, shape.ffn_dim
             self.patch = shape.patch
         if self.dim % self.heads:
