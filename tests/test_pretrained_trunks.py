@@ -135,3 +135,11 @@ def test_a_size_takes_its_own_dims_again_but_refuses_others(trunk, tmp_path):
     assert adapter.validate_python(saved.model_dump()) == saved  # a saved config repeats the size's dims
     with pytest.raises(ValidationError, match=r"fixes \['layers'\]"):
         adapter.validate_python(trunk)
+
+
+def test_the_release_example_validates_with_matching_widths():
+    from wamforge.config import load_config
+
+    cfg = load_config("configs/experiments/fast_wam_wan2.1_1.3b.yaml")
+    assert (cfg.model.trunk.size, cfg.model.trunk.init_from.format) == ("wan2.1-1.3b", "wan")
+    assert (cfg.model.vae.kind, cfg.model.text.dim, cfg.data.caches) == ("wan2.1", 4096, ["vae"])
