@@ -8,9 +8,16 @@ Patterns, from the mask builder's rules (model_zoo/common/masks.py), on Wan2.1-1
 Backends: `sdpa` (dense mask), `flex` (FlexAttention with a BlockMask: compiled to a fused kernel on
 CUDA, eager and unfused on CPU), `flex_compiled` (torch.compile on CPU as well, where inductor can
 build it). The BlockMask is built once per pattern, outside the timing, as the trunk builds it once
-per forward for all its blocks. Writes benchmarks/results/bench_attention_<device>.json.
+per forward for all its blocks.
 
-    .venv/bin/python benchmarks/bench_attention.py [--tokens 2048 4096 --repeats 3 --device cpu]
+Padded-text cross-attention: the video tokens attend to captions padded to 512 slots (umT5's
+max_tokens in Wan) of which only 20-100 per sample are real. `sdpa masked` (the dense key-padding
+mask, the reference) beside `sdpa real tokens` (one SDPA per sample over its real tokens only: the
+work varlen packing leaves) and, on CUDA with flash-attn, `flash varlen` (`varlen_attention`).
+
+Writes benchmarks/results/bench_attention_<device>.json, or --out.
+
+    .venv/bin/python benchmarks/bench_attention.py [--tokens 2048 4096 --repeats 3 --device cpu --out PATH]
 """
 from __future__ import annotations
 
@@ -21,17 +28,19 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from torch.nn.attention.flex_attention import flex_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from wamforge.model_zoo.common.attention import as_block_mask, attention  # noqa: E402
+from wamforge.model_zoo.common.attention import as_block_mask, attention, padded_backend, varlen_attention  # noqa: E402
 from wamforge.model_zoo.common.masks import BlockCausal, Hide, Layout, Span, TeacherForcing, build_mask  # noqa: E402
 from bench_inference import timed  # noqa: E402
 
 FRAME = 256
+TEXT_SLOTS, REAL_TEXT_TOKENS = 512, (20, 45, 70, 100)  # one caption length per sample
 
 
 def patterns(tokens: int) -> dict[str, torch.Tensor]:
@@ -50,6 +59,25 @@ def median_ms(fn, repeats: int, device) -> float:
     return statistics.median(timed(fn, 1, repeats, device))  # one warm-up call: it also compiles
 
 
+def padded_text_row(tokens: int, heads: int, head_dim: int, repeats: int, device, dtype) -> dict:
+    """Cross-attention of `tokens` video queries per sample to captions padded to TEXT_SLOTS."""
+    real = torch.tensor(REAL_TEXT_TOKENS, device=device)
+    padding = torch.arange(TEXT_SLOTS, device=device) < real[:, None]
+    q = torch.randn(len(real), heads, tokens, head_dim, device=device, dtype=dtype)
+    k, v = (torch.randn(len(real), heads, TEXT_SLOTS, head_dim, device=device, dtype=dtype) for _ in range(2))
+    kernels = {"sdpa_masked": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=padding[:, None, None, :]),
+               "sdpa_real_tokens": lambda: torch.cat([F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1, :, :n],
+                                                                                    v[i:i + 1, :, :n])
+                                                      for i, n in enumerate(REAL_TEXT_TOKENS)])}
+    if padded_backend(q) == "flash_varlen":  # auto picks it where flash-attn runs
+        kernels["flash_varlen"] = lambda: varlen_attention(q, k, v, padding)
+    reference = kernels["sdpa_masked"]().float()
+    return {"real_tokens": list(REAL_TEXT_TOKENS), "text_slots": TEXT_SLOTS,
+            "ms": {name: median_ms(fn, repeats, device) for name, fn in kernels.items()},
+            "max_abs_diff_vs_sdpa": {name: (fn().float() - reference).abs().max().item()
+                                     for name, fn in kernels.items() if name != "sdpa_masked"}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -58,6 +86,7 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, help="where the results go; benchmarks/results/bench_attention_<device>.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -65,7 +94,8 @@ def main() -> None:
     console = Console(width=140)
     compiled = torch.compile(flex_attention, dynamic=False)
     rows, res = [], {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                     "dtype": str(dtype), "heads": args.heads, "head_dim": args.head_dim, "patterns": {}}
+                     "dtype": str(dtype), "heads": args.heads, "head_dim": args.head_dim, "patterns": {},
+                     "padded_text_cross_attention": {}}
     with torch.no_grad():
         for tokens in args.tokens:
             for name, dense in patterns(tokens).items():
@@ -85,6 +115,8 @@ def main() -> None:
                 res["patterns"][f"{name}@{len(dense)}"] = {"ms": ms, "masked_share": round(sparsity, 3),
                                                            "max_abs_diff_vs_sdpa": error.abs().max().item()}
                 rows.append((name, len(dense), sparsity, ms))
+            res["padded_text_cross_attention"][f"text{TEXT_SLOTS}@{tokens}"] = padded_text_row(
+                tokens, args.heads, args.head_dim, args.repeats, device, dtype)
     table = Table(title=f"masked self-attention, {res['device']}, {dtype}, {args.heads} heads x {args.head_dim}, "
                         f"median of {args.repeats}")
     for col in ("pattern", "tokens", "masked", "sdpa dense ms", "flex ms", "flex compiled ms", "sdpa / best flex"):
@@ -96,7 +128,17 @@ def main() -> None:
     console.print(table)
     if "not_built" in res:
         console.print(f"flex compiled not built here: {res['not_built']}")
-    out = ROOT / "benchmarks/results" / f"bench_attention_{device.type}.json"
+    table = Table(title=f"padded-text cross-attention, {len(REAL_TEXT_TOKENS)} samples with "
+                        f"{', '.join(map(str, REAL_TEXT_TOKENS))} of {TEXT_SLOTS} text tokens real")
+    for col in ("video tokens", "sdpa masked ms", "sdpa real tokens ms", "flash varlen ms", "masked / best"):
+        table.add_column(col)
+    for key, row in res["padded_text_cross_attention"].items():
+        ms = row["ms"]
+        best = min(v for k, v in ms.items() if k != "sdpa_masked")
+        table.add_row(key.split("@")[1], f"{ms['sdpa_masked']:.1f}", f"{ms['sdpa_real_tokens']:.1f}",
+                      f"{ms['flash_varlen']:.1f}" if "flash_varlen" in ms else "-", f"{ms['sdpa_masked'] / best:.2f}x")
+    console.print(table)
+    out = args.out or ROOT / "benchmarks/results" / f"bench_attention_{device.type}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     console.print(f"written to {out}")
 

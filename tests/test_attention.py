@@ -114,3 +114,96 @@ def test_the_wan_trunk_gives_the_same_velocity_with_flex_and_with_sdpa():
     finally:
         set_masked_attention("auto")
     torch.testing.assert_close(outputs["flex"], outputs["sdpa"], rtol=1e-4, atol=1e-5)
+
+
+def sdpa_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """flash_attn_varlen_func's contract, one SDPA call per [cu[i], cu[i + 1]) segment."""
+    import torch.nn.functional as F
+
+    for cu, packed, longest in ((cu_seqlens_q, q, max_seqlen_q), (cu_seqlens_k, k, max_seqlen_k)):
+        assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == len(packed)
+        assert longest == cu.diff().max()
+    out = torch.empty_like(q)
+    for i in range(len(cu_seqlens_q) - 1):
+        qs, ks = slice(cu_seqlens_q[i], cu_seqlens_q[i + 1]), slice(cu_seqlens_k[i], cu_seqlens_k[i + 1])
+        heads_first = (t.transpose(0, 1) for t in (q[qs], k[ks], v[ks]))  # [L, heads, d] -> [heads, L, d]
+        out[qs] = F.scaled_dot_product_attention(*heads_first).transpose(0, 1)
+    return out
+
+
+def test_varlen_packing_equals_sdpa_with_the_dense_mask_forward_and_backward():
+    import torch.nn.functional as F
+
+    from wamforge.model_zoo.common.attention import varlen_attention
+
+    torch.manual_seed(0)
+    real = torch.tensor([7, 1, 4])  # no padding, a single real token, a caption in between
+    padding = torch.arange(7) < real[:, None]
+    q = torch.randn(3, 2, 5, 8, requires_grad=True)  # 5 queries per sample, 7 caption slots
+    k, v = (torch.randn(3, 2, 7, 8, requires_grad=True) for _ in range(2))
+    packed = varlen_attention(q, k, v, padding, kernel=sdpa_varlen)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=padding[:, None, None, :])
+    torch.testing.assert_close(packed, dense, rtol=1e-5, atol=1e-6)
+    grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (packed, dense)]
+    for ours, expected in zip(*grads):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_padded_attention_selector():
+    import importlib.util
+
+    from wamforge.model_zoo.common import attention as attention_module
+
+    q, k, v = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    padding = torch.arange(6) < torch.tensor([[6], [3]])
+    assert attention_module.padded_backend(q) == "sdpa"  # auto on CPU
+    allowed = padding[:, None, None, :].expand(-1, -1, 5, -1)
+    torch.testing.assert_close(attention(q, k, v, key_padding_mask=padding), reference(q, k, v, allowed))
+    with pytest.raises(ValueError, match="unknown padded attention backend 'flash'"):
+        attention_module.set_padded_attention("flash")
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(RuntimeError, match="^flash_varlen attention needs the flash-attn package, which is not"):
+            attention_module.set_padded_attention("flash_varlen")
+    assert attention_module.padded_backend(q) == "sdpa"  # a refused choice changes nothing
+
+
+def cosmos_tiny():
+    from wamforge.model_zoo.trunks.cosmos.sizes import COSMOS_SIZES
+
+    torch.manual_seed(0)
+    trunk = COSMOS_SIZES["tiny"].build()
+    for p in trunk.parameters():
+        p.data.normal_(0, 0.05)
+    return trunk
+
+
+def test_both_trunks_attend_to_padded_captions_through_the_varlen_packing(monkeypatch):
+    """With the reference kernel standing in for flash-attn, the trunks' caption cross-attention
+    takes the varlen path and predicts what SDPA with the dense mask predicts."""
+    from wamforge.model_zoo.common import attention as attention_module
+
+    calls = []
+
+    def kernel(*args):
+        calls.append(len(args[3]) - 1)  # the samples in the call, from cu_seqlens_q
+        return sdpa_varlen(*args)
+    monkeypatch.setattr(attention_module, "_flash_attn_varlen_func", lambda: kernel)
+    monkeypatch.setattr(attention_module, "_flash_varlen_unavailable", lambda q: None)
+    torch.manual_seed(0)
+    latents, text = torch.randn(2, 16, 2, 8, 8), torch.randn(2, 6, 32)
+    text_mask = torch.arange(6) < torch.tensor([[5], [2]])
+    runs = {"wan": lambda: wan_tiny()(latents, torch.tensor([500.0, 20.0]), text, text_mask=text_mask)[0],
+            "cosmos": lambda: cosmos_tiny()(latents, torch.tensor([0.5, 0.1]), text, text_mask=text_mask,
+                                            condition_mask=torch.zeros(2, 1, 2, 8, 8))[0]}
+    try:
+        for name, run in runs.items():
+            outputs = {}
+            for backend in ("sdpa", "flash_varlen"):
+                attention_module.set_padded_attention(backend)
+                calls.clear()
+                with torch.no_grad():
+                    outputs[backend] = run()
+            assert calls == [2, 2], name  # one packed call of both samples per block (2 blocks)
+            torch.testing.assert_close(outputs["flash_varlen"], outputs["sdpa"], rtol=1e-4, atol=1e-5)
+    finally:
+        attention_module.set_padded_attention("auto")

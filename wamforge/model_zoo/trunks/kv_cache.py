@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from wamforge.model_zoo.common.attention import as_block_mask, blockwise_causal_mask, masked_backend
+from wamforge.model_zoo.common.attention import as_block_mask, blockwise_causal_mask, masked_backend, padded_keys
 from wamforge.model_zoo.common.layers import LayerCache
 from wamforge.model_zoo.trunks.wan.model import NUM_TRAIN_TIMESTEPS
 
@@ -131,6 +131,7 @@ class KVCache:
              store: bool, observed: bool, head: bool = True) -> CacheStep | None:
         if getattr(trunk, "sequence_shard", None) is not None:
             raise ValueError("KVCache does not support a sequence-sharded trunk")
+        text_mask = padded_keys(text_mask)  # once per call, shared by every block
         grid = trunk.grid(latents)
         frames, height, width = grid
         batch = latents.shape[0]

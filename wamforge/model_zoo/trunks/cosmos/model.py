@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wamforge.model_zoo.common.attention import attention
+from wamforge.model_zoo.common.attention import attention, padded_keys
 
 
 def sinusoidal_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
@@ -375,7 +375,7 @@ class CosmosDiT(nn.Module):
         temb, embedded_timestep = self.time_embed(timestep.flatten(), x.dtype)
         temb, embedded_timestep = (t.unflatten(0, timestep.shape) for t in (temb, embedded_timestep))
 
-        tapped = {}
+        tapped, text_mask = {}, padded_keys(text_mask)  # once per forward, shared by every block
         for index, block in enumerate(self.transformer_blocks, start=1):
             x = block(x, encoder_hidden_states, embedded_timestep, temb, rotary, extra_pos_emb, text_mask)
             if index in taps:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from wamforge.model_zoo.common.attention import as_block_mask, masked_backend
+from wamforge.model_zoo.common.attention import as_block_mask, masked_backend, padded_keys
 from wamforge.model_zoo.common.layers import (FREQ_DIM, FP32LayerNorm, FP32Linear, FeedForward, TimestepEmbedding,
                                              TransformerBlock)
 from wamforge.model_zoo.common.partitions import whole
@@ -203,6 +203,7 @@ class WanDiT(nn.Module):
         shard = self.sequence_shard
         if self_attn_mask is not None and shard is None and masked_backend(x.device) == "flex":
             self_attn_mask = as_block_mask(self_attn_mask)  # once per forward, shared by every block
+        text_mask = padded_keys(text_mask)  # likewise
         if shard is not None:
             x = shard.split(x)
             rotary = tuple(shard.split(r, dim=0) for r in rotary)
