@@ -172,3 +172,112 @@ def test_shards_roll_over_at_the_byte_target_and_the_build_reports(tmp_path):
     assert report["hours"] == pytest.approx(8 * 24 / 10 / 3600, rel=1e-3)  # 8 videos of 24 frames at 10 fps
     assert report["embodiments"]["none"]["clips"] == manifest["samples"] and report["rejects_by_reason"] == {}
     assert (out / "data_card.png").stat().st_size > 10_000
+
+
+# the model's video VAE as the latent cache: parameter-free patchify, and the real causal Wan2.1 VAE at
+# its fewest levels (random weights without a path); both share one set of shards, cut once
+VAES = {"patchify": {"kind": "patchify"},
+        "wan2.1": {"kind": "wan2.1", "base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2], "num_res_blocks": 1}}
+CHANGED_VAES = {"patchify": [{"spatial": 8}, {"temporal": 2}],
+                "wan2.1": [{"path": "/elsewhere/wan_2.1_vae.safetensors"}, {"z_dim": 4}, {"base_dim": 16}]}
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    """One root, so the shards are cut once, and one local Ray cluster for all the cached builds."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", configure_logging=True)
+    yield tmp_path_factory.mktemp("vae-cache")
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=list(VAES))
+def vae_cached(request, cache_root):
+    """(config, manifest) of a web-only build with `data.caches: [vae]` for one VAE kind."""
+    raw = tiny_config(cache_root)
+    raw["data"]["sources"].pop("sim")
+    raw["data"]["caches"] = ["vae"]
+    raw["model"]["vae"] = VAES[request.param]
+    for stage in raw["stages"]:
+        stage["mixture"] = {"weights": {"web": 1.0}}
+    cfg = validate(raw)
+    return cfg, build_dataset(cfg)
+
+
+def cache_loader(cfg, latents: str | None, batch_size: int = 3):
+    from wamforge.data_pipeline.embodiments import EmbodimentRegistry
+    from wamforge.data_pipeline.loader import MixtureLoader
+    from wamforge.data_pipeline.loader.collate import Collator, Normalizer
+
+    registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
+    collator = Collator(Normalizer({}, registry), registry, {"web": 0}, horizon=cfg.model.regime.horizon,
+                        max_action_dim=cfg.model.max_action_dim, max_proprio_dim=cfg.model.max_proprio_dim,
+                        latents=latents)
+    return MixtureLoader(RunPaths.of(cfg).data, cfg.stages[0], collator, rank=0, world=1, batch_size=batch_size,
+                         seed=0)
+
+
+def trainer_model(cfg):
+    """The model as the trainer builds it (a random VAE is the same one in every process)."""
+    import torch
+
+    from wamforge.data_pipeline.embodiments import EmbodimentRegistry
+    from wamforge.model_zoo.build import build_model
+
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, len(EmbodimentRegistry.from_yaml(cfg.embodiments)))
+
+
+def test_vae_cache_holds_the_models_own_latents_and_a_training_step_reads_them(vae_cached):
+    import torch
+
+    from wamforge.model_zoo.vae import cache_id, latent_geometry
+
+    cfg, manifest = vae_cached
+    vae_id = cache_id(cfg.model.vae)
+    assert set(manifest["caches"]) == {vae_id} and vae_id.startswith(cfg.model.vae.kind)
+    data = RunPaths.of(cfg).data
+    for shard in manifest["shards"]:  # one sidecar per shard, in the shard's own order
+        sidecar = data / manifest["caches"][vae_id]["sidecars"][shard["path"]]
+        assert sidecar.name.endswith(f".{vae_id}.tar")
+        keys = [s["__key__"] for s in wds.WebDataset(str(sidecar), shardshuffle=False)]
+        assert keys == [s["__key__"] for s in wds.WebDataset(str(data / shard["path"]), shardshuffle=False)]
+
+    batch = next(iter(cache_loader(cfg, vae_id)))[0]
+    pixel_batch = next(iter(cache_loader(cfg, None)))[0]  # the same windows, decoded from the shards
+    channels, temporal, spatial = latent_geometry(cfg.model.vae)
+    assert batch.video is None and pixel_batch.latents is None and batch.keys == pixel_batch.keys
+    assert batch.latents.shape == (3, channels, 1 + 8 // temporal, 32 // spatial, 32 // spatial)
+    model = trainer_model(cfg)
+    with torch.no_grad():
+        own = model.encode_video(pixel_batch.video)
+    torch.testing.assert_close(batch.latents, own, rtol=0, atol=1e-5)
+    assert own.abs().amax() > 0.1  # latents of something, not an all-zero encoder
+
+    torch.manual_seed(0)
+    from_pixels = model.loss(pixel_batch, "video", {})["loss"]
+    torch.manual_seed(0)
+    from_latents = model.loss(batch, "video", {})["loss"]
+    torch.testing.assert_close(from_latents, from_pixels, rtol=1e-5, atol=1e-6)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    before = [p.detach().clone() for p in model.trunk.parameters()]
+    from_latents.backward()
+    optimizer.step()
+    assert all(torch.isfinite(p.grad).all() for p in model.trunk.parameters() if p.grad is not None)
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.trunk.parameters()))
+
+
+def test_a_changed_vae_is_another_cache_and_its_model_reads_pixels(vae_cached):
+    from pydantic import TypeAdapter
+
+    from wamforge.model_zoo.vae import VAEConfig, cache_id
+
+    cfg, manifest = vae_cached
+    built_id = cache_id(cfg.model.vae)
+    cached_keys = next(iter(cache_loader(cfg, built_id)))[0].keys
+    for change in CHANGED_VAES[cfg.model.vae.kind]:
+        other_id = cache_id(TypeAdapter(VAEConfig).validate_python({**VAES[cfg.model.vae.kind], **change}))
+        assert other_id != built_id and other_id not in manifest["caches"], change
+        batch = next(iter(cache_loader(cfg, other_id)))[0]  # what the changed model's trainer would load
+        assert batch.latents is None and batch.video is not None and batch.keys == cached_keys

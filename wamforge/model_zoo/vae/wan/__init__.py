@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from wamforge.config.base import Strict
@@ -39,7 +40,11 @@ def build_wan_vae(cfg: WanVAEConfig):
     from wamforge.model_zoo.vae.wan.model import WanVAE
     from wamforge.model_zoo.vae.wan.weights import load_wan_vae
 
-    vae = WanVAE(cfg.base_dim, cfg.z_dim, cfg.dim_mult, cfg.num_res_blocks, cfg.temporal_downsample)
+    # without weights to load the VAE is random, and the same in every process (the build's cache
+    # actors, every rank): its cache id, which names only its config, must name its latents
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = WanVAE(cfg.base_dim, cfg.z_dim, cfg.dim_mult, cfg.num_res_blocks, cfg.temporal_downsample)
     if cfg.path:
         load_wan_vae(vae, cfg.path)
     vae.cache_id = wan_cache_id(cfg)
