@@ -150,9 +150,10 @@ def cmd_plot(cfg: ExperimentConfig, args) -> int:
 
 
 def cmd_plan(cfg: ExperimentConfig, args) -> int:
-    """Size the trunk for a world size, resolution and frame count before submitting."""
+    """Size the model for a world size, resolution and frame count before submitting; with --gpu-memory,
+    the cheapest ZeRO stage, sequence-parallel degree and checkpointing that fit (training/plan.py)."""
     from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
-    from wamforge.training.plan import experiment_plan, plan
+    from wamforge.training.plan import experiment_plan, fit, plan
 
     height, width = (int(v) for v in args.resolution.lower().split("x")) if args.resolution else cfg.data.resolution
     world_size = args.world_size or cfg.training.world_size
@@ -165,25 +166,44 @@ def cmd_plan(cfg: ExperimentConfig, args) -> int:
         data = cfg.data.model_copy(update={"resolution": (height, width),
                                            "clip_frames": args.frames or cfg.data.clip_frames})
         result = experiment_plan(cfg.model_copy(update={"data": data}), world_size)
+    fitted = fit(result, args.gpu_memory) if args.gpu_memory else None
     if args.json:
-        console.print_json(json.dumps(result.as_dict()))
+        console.print_json(json.dumps({**result.as_dict(), **({"fit": fitted.as_dict()} if fitted else {})}))
         return 0
-    table = Table(title=f"plan: {args.size or cfg.name + ' trunk'}, {args.frames or cfg.data.clip_frames} frames "
+    table = Table(title=f"plan: {args.size or cfg.name}, {args.frames or cfg.data.clip_frames} frames "
                         f"at {height}x{width}, {args.world_size or cfg.training.world_size} ranks, "
                         f"micro-batch {cfg.training.micro_batch_per_rank}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [("parameters", _scaled(result.params, 1000, ["", " K", " M", " B"])),
-            ("tokens per sample", f"{result.tokens:,}"),
-            ("forward FLOPs per micro-batch", _scaled(result.flops_forward, 1000, [" ", " K", " M", " G", " T", " P"])),
-            ("train FLOPs per micro-batch", _scaled(result.flops_train_step, 1000, [" ", " K", " M", " G", " T", " P"])),
-            ("activations per rank", _bytes(result.activation_bytes)),
-            ("activations, checkpointed", _bytes(result.activation_bytes_checkpointed))]
+            ("tokens per sample", f"{result.tokens:,}")]
+    if result.objective:  # an experiment's own step: its streams beyond the video, and what was counted
+        rows += [("  of which the clip's video", f"{result.video_tokens:,}"),
+                 ("objective counted", result.objective)]
+    flops = [" ", " K", " M", " G", " T", " P"]
+    rows += [("forward FLOPs per micro-batch", _scaled(result.flops_forward, 1000, flops)),
+             ("train FLOPs per micro-batch", _scaled(result.flops_train_step, 1000, flops))]
+    if result.flops_train_step_checkpointed:
+        rows += [("  with checkpointing", _scaled(result.flops_train_step_checkpointed, 1000, flops))]
+    rows += [("activations per rank", _bytes(result.activation_bytes)),
+             ("activations, checkpointed", _bytes(result.activation_bytes_checkpointed))]
     rows += [(f"model states per rank, {k.replace('zero', 'ZeRO-')}", _bytes(v))
              for k, v in result.model_state_bytes.items()]
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if fitted:
+        candidates = Table(title=f"settings tried for {args.gpu_memory:g} GiB, cheapest first")
+        for column in ("ckpt", "ZeRO", "SP", "states", "activations", "margin", "total", "fits"):
+            candidates.add_column(column, justify="right")
+        for s in fitted.considered:
+            candidates.add_row("on" if s.activation_checkpointing else "off", str(s.zero_stage), str(s.sequence_parallel),
+                               _bytes(s.model_state_bytes), _bytes(s.activation_bytes), _bytes(s.margin_bytes),
+                               _bytes(s.total_bytes), "yes" if fitted.fits(s) else "no")
+        console.print(candidates)
+        console.print(fitted.message)
+        for line in fitted.chosen.config_lines() if fitted.chosen else []:
+            console.print(f"  {line}", markup=False, highlight=False)
     return 0
 
 
@@ -404,6 +424,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=None)
     p.add_argument("--frames", type=int, default=None, help="video frames per sample (1 + 4k)")
     p.add_argument("--resolution", default=None, help="HEIGHTxWIDTH in pixels, e.g. 480x832")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
+                   help="pick the cheapest setting that fits this much memory per GPU")
     p.add_argument("--json", action="store_true")
 
     submit = sub.add_parser("submit", help="submit to a cluster").add_subparsers(dest="backend", required=True)
