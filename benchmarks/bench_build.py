@@ -1,9 +1,9 @@
 """The Ray build against a plain single-process loop producing the same shards from the same inputs.
 
 Both run the same planned tasks (`write_shard`: load episodes, cut windows, encode mp4, write
-tars) of one config, into two folders: (a) one after another in this process, (b) through the
-Ray Data pipeline of `wamforge data build` on a local cluster with `data.build_workers` workers,
-Ray's start and shutdown included. Prints both times, the ratio, and whether every shard file
+tars) of one config, into two folders: (a) one after another in this process, (b) as the Ray
+tasks of `wamforge data build` on a local cluster with `data.build_workers` workers, Ray's start
+and shutdown included. Prints both times, the ratio, and whether every shard file
 came out byte-identical.
 
     .venv/bin/python benchmarks/bench_build.py [--config configs/experiments/quickstart.yaml]

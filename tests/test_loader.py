@@ -316,3 +316,34 @@ def test_realized_proportions_follow_a_curriculum(built):
     # the target averages 0.2 over steps 0-9 and 0.8 over steps 30-39
     assert abs(sim_share(batches[:10]) - 0.2) < 0.1
     assert abs(sim_share(batches[30:]) - 0.8) < 0.1
+
+
+@pytest.mark.parametrize("setting, ranks, cores, expected", [
+    ("auto", 2, 2, (1, 10)),   # two CPU ranks on two cores: one worker each, yielding to the ranks
+    ("auto", 1, 2, (1, 0)),    # a core left free: the worker has it
+    ("auto", 8, 16, (1, 0)),   # a GPU node with a core per rank to spare
+    ("auto", 8, 96, (8, 0)),   # many spare cores: capped
+    (3, 1, 2, (3, 10)),        # an explicit count is kept, at low priority where it oversubscribes
+    (0, 2, 2, (0, 0)),         # decoding in the trainer
+])
+def test_workers_come_from_the_cores_the_ranks_leave_free(setting, ranks, cores, expected):
+    from wamforge.data_pipeline.loader.loader import choose_workers
+
+    assert choose_workers(setting, ranks, threads_per_rank=1, cores=cores) == expected
+
+
+def test_batches_reach_the_device_with_floats_in_the_trainers_precision_and_frames_as_uint8():
+    from wamforge.data_pipeline.schema import Batch
+    from wamforge.training.device_prefetch import on_device
+
+    batch = Batch(video=torch.zeros(1, 5, 1, 3, 8, 8, dtype=torch.uint8), latents=None,
+                  video_pad=torch.zeros(1, 5, dtype=torch.bool), actions=torch.ones(1, 2, 3),
+                  action_mask=torch.ones(1, 2, 3, dtype=torch.bool), has_actions=torch.ones(1, dtype=torch.bool),
+                  proprio=torch.ones(1, 2), proprio_mask=torch.ones(1, 2, dtype=torch.bool),
+                  embodiment_id=torch.zeros(1, dtype=torch.long), source_id=torch.zeros(1, dtype=torch.long),
+                  text=["a"], keys=["k"])
+    (moved, weights), = list(on_device([(batch, {"web": 1.0})], torch.device("cpu"), torch.bfloat16))
+    assert weights == {"web": 1.0} and moved.keys == ["k"] and moved.latents is None
+    assert (moved.video.dtype, moved.actions.dtype, moved.embodiment_id.dtype) == (torch.uint8, torch.bfloat16,
+                                                                                   torch.long)
+    assert len(moved.tensors()) == 9  # every field that holds a tensor (latents, value targets: none here)

@@ -152,23 +152,29 @@ def cmd_plot(cfg: ExperimentConfig, args) -> int:
 def cmd_plan(cfg: ExperimentConfig, args) -> int:
     """Size the model for a world size, resolution and frame count before submitting; with --gpu-memory,
     the cheapest ZeRO stage, sequence-parallel degree and checkpointing that fit (training/plan.py)."""
+    from wamforge.data_pipeline.sizing import cores_to_order, loader_need, probe_decode, step_time_from_flops
     from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
     from wamforge.training.plan import experiment_plan, fit, plan
 
     height, width = (int(v) for v in args.resolution.lower().split("x")) if args.resolution else cfg.data.resolution
     world_size = args.world_size or cfg.training.world_size
+    sized = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+        "resolution": (height, width), "clip_frames": args.frames or cfg.data.clip_frames})})
     if args.size:
         if args.size not in WAN_SIZES:
             raise ValueError(f"unknown trunk size '{args.size}'; known: {', '.join(WAN_SIZES)}")
-        result = plan(WAN_SIZES[args.size], args.frames or cfg.data.clip_frames, (height, width), world_size,
+        result = plan(WAN_SIZES[args.size], sized.data.clip_frames, (height, width), world_size,
                       text_tokens=512, micro_batch=cfg.training.micro_batch_per_rank)  # umT5 captions, as Wan
     else:
-        data = cfg.data.model_copy(update={"resolution": (height, width),
-                                           "clip_frames": args.frames or cfg.data.clip_frames})
-        result = experiment_plan(cfg.model_copy(update={"data": data}), world_size)
+        result = experiment_plan(sized, world_size)
     fitted = fit(result, args.gpu_memory) if args.gpu_memory else None
+    # the data side: decode measured here (the built data's own loader, unless the clip is resized)
+    step = args.step_time or step_time_from_flops(result.flops_train_step, args.gpu_tflops, args.mfu)
+    probe = probe_decode(sized, built=not (args.frames or args.resolution))
+    loader = loader_need(probe, cfg.training.micro_batch_per_rank, step)
     if args.json:
-        console.print_json(json.dumps({**result.as_dict(), **({"fit": fitted.as_dict()} if fitted else {})}))
+        console.print_json(json.dumps({**result.as_dict(), **({"fit": fitted.as_dict()} if fitted else {}),
+                                       "loader": loader.as_dict()}))
         return 0
     table = Table(title=f"plan: {args.size or cfg.name}, {args.frames or cfg.data.clip_frames} frames "
                         f"at {height}x{width}, {args.world_size or cfg.training.world_size} ranks, "
@@ -204,6 +210,10 @@ def cmd_plan(cfg: ExperimentConfig, args) -> int:
         console.print(fitted.message)
         for line in fitted.chosen.config_lines() if fitted.chosen else []:
             console.print(f"  {line}", markup=False, highlight=False)
+    console.print(f"data: {loader.message}", markup=False, highlight=False)
+    console.print(f"  a node of {args.gpus_per_node} GPUs sets aside {cores_to_order(loader, args.gpus_per_node)} "
+                  f"cores for its loaders (training.loader_workers: {loader.workers_per_rank} per rank)",
+                  markup=False, highlight=False)
     return 0
 
 
@@ -426,6 +436,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default=None, help="HEIGHTxWIDTH in pixels, e.g. 480x832")
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
                    help="pick the cheapest setting that fits this much memory per GPU")
+    p.add_argument("--step-time", type=float, default=None, metavar="S",
+                   help="seconds per micro-batch on a GPU, for the loader cores (default: the plan's FLOPs at --mfu)")
+    p.add_argument("--gpu-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100/H200: 989)")
+    p.add_argument("--mfu", type=float, default=0.4, help="utilisation assumed for the step time")
+    p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--json", action="store_true")
 
     submit = sub.add_parser("submit", help="submit to a cluster").add_subparsers(dest="backend", required=True)

@@ -25,7 +25,10 @@ class TrainingConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     grad_clip: float = 1.0
     checkpoint_every: int = Field(20, ge=1)
-    loader_workers: int = Field(1, ge=0)  # decode processes per rank; 0 decodes in the trainer
+    # decode processes per rank; 0 decodes in the trainer; auto: the machine's cores the ranks leave
+    # free, shared by its ranks (at least 1, at most 8). Workers that share cores with the ranks
+    # run at a lower priority, so decoding takes what the ranks leave idle
+    loader_workers: int | Literal["auto"] = "auto"
     prefetch_batches: int = Field(2, ge=1)  # per loader worker
     # per source and loader worker; 0 serves samples in shard order (memory is bounded by bytes, not samples)
     shuffle_buffer_mb: float = Field(8.0, ge=0)

@@ -77,15 +77,20 @@ class Batch:
     success: torch.Tensor | None = None  # float [B]
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Batch":
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                value = value.to(device, non_blocking=True)
-                if dtype is not None and value.is_floating_point():
-                    value = value.to(dtype)
-            out[f.name] = value
-        return Batch(**out)
+        return self._map(lambda t: t.to(device, dtype if dtype is not None and t.is_floating_point() else None,
+                                        non_blocking=True))
+
+    def pin_memory(self) -> "Batch":
+        """In page-locked host memory, so a copy to the GPU runs asynchronously (the DataLoader's pin
+        thread calls this)."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [v for v in (getattr(self, f.name) for f in fields(self)) if isinstance(v, torch.Tensor)]
+
+    def _map(self, fn) -> "Batch":
+        return Batch(**{f.name: fn(v) if isinstance(v, torch.Tensor) else v
+                        for f in fields(self) for v in [getattr(self, f.name)]})
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -31,6 +31,7 @@ def launch_local(config_path: Path, world_size: int, threads_per_rank: int = 1, 
     procs = []
     for rank in range(world_size):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": str(world_size),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": str(threads_per_rank), "PYTHONUNBUFFERED": "1"}
         if not torch.cuda.is_available():

@@ -74,7 +74,7 @@ def train_rank(run: dict) -> None:
     os.chdir(run["workdir"])  # the config's relative paths mean what they mean to the submitter
     # TorchConfig sets these too; stated here because they are what the trainer reads
     os.environ.update(RANK=str(context.get_world_rank()), WORLD_SIZE=str(context.get_world_size()),
-                      LOCAL_RANK=str(context.get_local_rank()))
+                      LOCAL_RANK=str(context.get_local_rank()), LOCAL_WORLD_SIZE=str(context.get_local_world_size()))
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed is first imported, below
     # written, not printed: Ray Train's patched print would put it in the logs twice

@@ -13,6 +13,7 @@ class DistEnv:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int = 1  # ranks on this machine, which share its cores with their loader workers
 
     @property
     def is_main(self) -> bool:
@@ -27,7 +28,11 @@ def read_env() -> DistEnv:
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     env.setdefault("MASTER_PORT", "29500")
-    return DistEnv(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    world = int(env.get("WORLD_SIZE", 1))
+    # torchrun and our launchers say how many ranks share the machine; srun's per-node count reads
+    # "8" or "8(x2)"; without either, one machine holds them all
+    local = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0] or str(world)
+    return DistEnv(int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)), int(local))
 
 
 def init(dist: DistEnv, timeout_s: float = 1800.0) -> torch.device:

@@ -25,6 +25,7 @@ the CUDA context and fragmentation (`margin_bytes`).
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -112,6 +113,8 @@ def model_states(params: int, largest: int, world_size: int, gpus_per_node: int 
     built outside ZeRO-3's partitioning and have no gradients or optimizer states."""
     nodes = max(1, world_size // gpus_per_node)
     per_node = min(world_size, gpus_per_node)
+    if not torch.cuda.is_available():  # read at DeepSpeed's first import: no accelerator notice on stdout
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 

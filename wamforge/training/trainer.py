@@ -20,6 +20,7 @@ from wamforge.config.paths import RunPaths
 from wamforge.config.experiment import ExperimentConfig
 from wamforge.config.stages import StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
+from wamforge.data_pipeline.loader.loader import choose_workers
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.build import build_model
@@ -29,6 +30,7 @@ from wamforge.training.parallel.sequence_parallel import SequenceShard, sequence
 from wamforge.training import checkpoint
 from wamforge.training.distributed import (CollectiveTimeout, DistEnv, Heartbeat, barrier, init, is_timeout,
                                            max_across_ranks, means_and_maxima, read_env)
+from wamforge.training.device_prefetch import on_device
 from wamforge.training.ema import EMA
 from wamforge.training.engine import build_engine, partitioned_init, resolve_precision
 from wamforge.training.faults import Faults
@@ -125,12 +127,15 @@ class StageRunner:
         if self.shard is not None:
             model.trunk.shard_sequence(self.shard)
         engine = build_engine(model, self.stage, self.cfg.training, self.dist.world_size)
+        workers, nice = choose_workers(self.cfg.training.loader_workers, self.dist.local_world_size,
+                                       self.cfg.training.threads_per_rank)
         loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.data_rank,
                                self.data_world, self.cfg.training.micro_batch_per_rank,
-                               seed=self.cfg.seed * 1000 + self.index, workers=self.cfg.training.loader_workers,
+                               seed=self.cfg.seed * 1000 + self.index, workers=workers, worker_nice=nice,
                                prefetch=self.cfg.training.prefetch_batches,
                                stall_timeout_s=self.cfg.training.loader_stall_timeout_s,
                                shuffle_buffer_bytes=int(self.cfg.training.shuffle_buffer_mb * 2**20),
+                               pin_memory=self.device.type == "cuda",
                                accumulation=self.cfg.training.grad_accumulation)
 
         self.ema = EMA(engine.module, self.cfg.training.ema_decay) if self.cfg.training.ema_decay else None
@@ -212,13 +217,15 @@ class StageRunner:
         trace = JsonlLog(self.dir / f"samples.rank{self.dist.rank}.jsonl", start)
         samples_per_step = training.micro_batch_per_rank * accum * self.data_world
         peak_flops = device_peak_flops(self.device)
-        train_flops_per_sample = experiment_plan(self.cfg).flops_train_step / training.micro_batch_per_rank
+        # model FLOPs for the MFU, counted where there is a peak to divide by (an accelerator)
+        train_flops_per_sample = None if peak_flops is None else \
+            experiment_plan(self.cfg).flops_train_step / training.micro_batch_per_rank
         sources = list(self.cfg.data.sources)
         faults = Faults.from_env()
         step, micro, window, waited = start, 0, StepWindow(sources), 0.0
         nonfinite, nonfinite_run, last_saved = 0, 0, None
         tic = time.perf_counter()
-        batches = iter(loader)
+        batches = on_device(loader, self.device, self.dtype)
         with self._progress(start) as progress:
             while True:
                 if micro % accum == 0:
@@ -228,7 +235,7 @@ class StageRunner:
                 batch, weights = next(batches)
                 waited += time.perf_counter() - asked  # the trainer idles while the loader catches up
                 loss_weights = loss_weights_at(stage, step)
-                out = engine(batch.to(self.device, self.dtype), stage.objective, loss_weights, stage.timesteps)
+                out = engine(batch, stage.objective, loss_weights, stage.timesteps)
                 if faults.nonfinite(self.dist.rank, step + 1):
                     out["loss"] = out["loss"] * float("nan")
                 finite = max_across_ranks(float(not torch.isfinite(out["loss"]).item()), self.device) == 0

@@ -1,4 +1,4 @@
-"""Driver side of a build: plan tasks, run them as a Ray Data pipeline, write the dataset card.
+"""Driver side of a build: plan tasks, run them as Ray tasks, write the dataset card.
 
 Outputs: `<out>/shards/<source>-NNNNN-PPP.tar`, `manifest.json`, `stats.json`, `quarantine.jsonl`,
 `build_report.json` and `data_card.png`. A build whose config hash matches the manifest on disk is
@@ -95,6 +95,10 @@ def _finished(shard_dir: Path, build_hash: str) -> dict[str, dict]:
 
 
 def _run_on_ray(jobs: list[dict], workers: int, address: str | None, console: Console) -> list[dict]:
+    """Every task a Ray task, one core each, on worker processes started once and reused; the driver
+    only waits, so on a small machine its cores go to the tasks. Tasks go in planned order (sources
+    as the config lists them): a source's tasks are alike, and the finish never waits on one long task
+    started last."""
     import ray
 
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -105,13 +109,13 @@ def _run_on_ray(jobs: list[dict], workers: int, address: str | None, console: Co
                  logging_level="warning", configure_logging=True)
     summaries = []
     try:
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours below counts finished tasks
-        ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs], override_num_blocks=len(jobs))
-        rows = ds.map(write_shard, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers))
+        task = ray.remote(num_cpus=1)(write_shard)
+        pending = [task.remote({"job": json.dumps(job)}) for job in jobs]
         with Progress(console=console, disable=not console.is_terminal and not sys.stdout.isatty()) as progress:
             bar = progress.add_task("building shards", total=len(jobs))
-            for row in rows.iter_rows():
-                summaries.append(json.loads(row["summary"]))
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                summaries.append(json.loads(ray.get(done[0])["summary"]))
                 progress.advance(bar)
     finally:
         if started_here:  # a local cluster started for this build leaves the cores to training

@@ -23,7 +23,7 @@ from wamforge.data_pipeline.video import encode_mp4, tile_views
 
 
 def write_shard(task: dict) -> dict:
-    """One Ray Data row in, one summary row out: a task's episodes -> shard files of at most
+    """One build task in, one summary out: a task's episodes -> shard files of at most
     `shard_mb` each (`<key>-NNN.tar`), then `<key>.done.json`, which marks the task complete so a
     resumed build skips it. `task` holds JSON so Arrow never sees nested specs."""
     torch.set_num_threads(1)  # one task per core; threads inside a task would only contend

@@ -30,10 +30,28 @@ from wamforge.data_pipeline.video import VideoDecodeError
 MAX_CONSECUTIVE_FAILURES = 16
 
 
+MAX_AUTO_WORKERS = 8
+LOW_PRIORITY = 10  # nice increment of workers that share cores with the ranks
+
+
+def choose_workers(setting: int | str, ranks_here: int, threads_per_rank: int,
+                   cores: int | None = None) -> tuple[int, int]:
+    """(workers per rank, nice increment): `auto` takes the cores this machine's ranks leave free,
+    shared among them. Where ranks and workers want more cores than there are, the workers yield:
+    a rank waiting on its next batch is idle anyway, while a rank slowed by decoding slows every
+    rank at the next all-reduce."""
+    cores = cores or len(os.sched_getaffinity(0))
+    free = cores - ranks_here * threads_per_rank
+    workers = min(MAX_AUTO_WORKERS, max(1, free // ranks_here)) if setting == "auto" else int(setting)
+    oversubscribed = ranks_here * (threads_per_rank + workers) > cores
+    return workers, LOW_PRIORITY if oversubscribed and workers else 0
+
+
 class MixtureLoader:
     def __init__(self, data_dir: Path, stage: StageConfig, collator: Collator, rank: int, world: int,
                  batch_size: int, seed: int, workers: int = 1, prefetch: int = 2, accumulation: int = 1,
-                 stall_timeout_s: float = 600.0, shuffle_buffer_bytes: int = 0):
+                 stall_timeout_s: float = 600.0, shuffle_buffer_bytes: int = 0, pin_memory: bool = False,
+                 worker_nice: int = 0):
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
         names = sorted(set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum)))
         self.shards, self.sidecars = {}, {}
@@ -52,6 +70,8 @@ class MixtureLoader:
         self.batch_size, self.seed, self.accumulation = batch_size, seed, accumulation
         self.workers, self.prefetch, self.stall_timeout_s = workers, prefetch, stall_timeout_s
         self.buffer_bytes = shuffle_buffer_bytes  # per source and lane
+        self.pin_memory = pin_memory  # batches in page-locked memory, for asynchronous copies to a GPU
+        self.worker_nice = worker_nice  # how much lower the workers' priority is than the trainer's
         self.step = 0
         self.lane_states: dict[int, dict] = {}
 
@@ -62,8 +82,9 @@ class MixtureLoader:
                             prefetch_factor=self.prefetch if self.workers else None,
                             timeout=self.stall_timeout_s if self.workers else 0,  # the stall watchdog
                             generator=torch.Generator().manual_seed(self.seed),
-                            worker_init_fn=partial(_outlive_stop_signals, os.getpid()),
-                            collate_fn=_as_is)  # batches are collated already; skip default_convert's walk
+                            worker_init_fn=partial(_init_worker, os.getpid(), self.worker_nice),
+                            collate_fn=_as_is,  # batches are collated already; skip default_convert's walk
+                            pin_memory=self.pin_memory)
         batches, start = iter(loader), self.step
         while True:
             try:
@@ -172,6 +193,12 @@ def _as_is(item):
 
 def _stable_hash(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 100_003
+
+
+def _init_worker(trainer_pid: int, nice: int, worker_id: int) -> None:
+    if nice:
+        os.nice(nice)
+    _outlive_stop_signals(trainer_pid, worker_id)
 
 
 def _outlive_stop_signals(trainer_pid: int, worker_id: int) -> None:
