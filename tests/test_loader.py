@@ -18,7 +18,7 @@ from wamforge.config.stages import MixtureConfig, StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.collate import Collator, Normalizer
 from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at
-from wamforge.data_pipeline.loader.shard_stream import ShardStream
+from wamforge.data_pipeline.loader.shard_stream import ShardStream, as_json
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 
 
@@ -178,7 +178,7 @@ def test_shuffle_buffer_reorders_and_holds_the_rest(built):
     assert len(set(served)) == n and set(served) <= set(read)  # the other `buffered` wait in the buffer
     # and the saved buffer (locations, not bytes) restores the exact continuation
     again = ShardStream(shards, 0, 1, seed=3, buffer_bytes=BUFFER)
-    again.load_state_dict(json.loads(json.dumps(shuffled.state_dict())))
+    again.load_state_dict(json.loads(json.dumps(as_json(shuffled.state_dict()))))
     more = [s["__key__"] for s in itertools.islice(iter(again), 8)]
     reference = ShardStream(shards, 0, 1, seed=3, buffer_bytes=BUFFER)
     assert [s["__key__"] for s in itertools.islice(iter(reference), n + 8)] == served + more
@@ -192,7 +192,7 @@ def test_a_stream_resumed_anywhere_continues_exactly_across_passes(built):
     reference_iter = iter(reference_stream)
     reference, states = [], []
     for _ in range(130):  # over two passes of the tiny sim source
-        states.append(json.loads(json.dumps(reference_stream.state_dict())))
+        states.append(json.loads(json.dumps(as_json(reference_stream.state_dict()))))
         reference.append(next(reference_iter)["__key__"])
     assert states[-1]["epoch"] >= 2
     for k in range(1, 120):

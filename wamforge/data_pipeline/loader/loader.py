@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from wamforge.config.stages import StageConfig
 from wamforge.data_pipeline.loader.collate import Collator
 from wamforge.data_pipeline.loader.mixture import draw_sources, weights_at
-from wamforge.data_pipeline.loader.shard_stream import ShardStream, remap
+from wamforge.data_pipeline.loader.shard_stream import ShardStream, as_json, remap
 from wamforge.data_pipeline.video import VideoDecodeError
 
 MAX_CONSECUTIVE_FAILURES = 16
@@ -113,7 +113,9 @@ class MixtureLoader:
         for state in self.lane_states.values():
             for key in totals:
                 totals[key].update(state[key])
-        return {"step": self.step, "lanes": {str(lane): s for lane, s in self.lane_states.items()},
+        lanes = {str(lane): {**s, "streams": {name: as_json(stream) for name, stream in s["streams"].items()}}
+                 for lane, s in self.lane_states.items()}
+        return {"step": self.step, "lanes": lanes,
                 "num_workers": max(1, self.workers), **{k: dict(v) for k, v in totals.items()}}
 
     def load_state_dict(self, states: list[dict]) -> None:

@@ -9,6 +9,8 @@ see disjoint samples, and the cursor (pass, piece, offset) restarts the stream e
 
 A shuffle buffer, sized in bytes, decorrelates neighbouring windows; it is saved as the locations
 (shard, index) of the samples it holds, never as their bytes, and refilled from the shards on resume.
+The locations live in one int64 array: a worker hands its state over with every batch, and an array
+crosses the process boundary a few dozen times faster than thousands of tuples.
 
 When the number of consumers changes (other ranks or workers), `remap` gives every new consumer
 an equal strided share of what the old ones had left in their current pass, including their
@@ -30,13 +32,39 @@ import webdataset as wds
 Piece = tuple[int, int, int, "int | None"]  # shard index, first sample, stride, count
 
 
+class Locations:
+    """The buffer's (shard, index) pairs, in an array that grows by doubling."""
+
+    def __init__(self, pairs=()):
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        self.array, self.size = np.empty((max(64, 2 * len(pairs)), 2), np.int64), len(pairs)
+        self.array[: self.size] = pairs
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, location: tuple[int, int]) -> None:
+        if self.size == len(self.array):
+            self.array = np.concatenate([self.array, np.empty_like(self.array)])
+        self.array[self.size] = location
+        self.size += 1
+
+    def swap_pop(self, index: int) -> None:
+        """Remove entry `index`, the last one taking its place (as the samples list does)."""
+        self.size -= 1
+        self.array[index] = self.array[self.size]
+
+    def snapshot(self) -> np.ndarray:
+        return self.array[: self.size].copy()
+
+
 @dataclass
 class StreamState:
     epoch: int = 0  # the pass served after any remainder
     piece: int = 0
     offset: int = 0  # samples of that piece already read
     remainder: list | None = None  # pieces left over from a different consumer layout, served first
-    buffer: list = field(default_factory=list)  # [[shard, index], ...] read but not yet served
+    buffer: list | np.ndarray = field(default_factory=list)  # [[shard, index], ...] read but not yet served
     rng: dict | None = None  # the buffer's numpy bit-generator state
 
 
@@ -89,8 +117,8 @@ class ShardStream:
         self._rng = np.random.default_rng([self.seed, self.consumer])
         if self.state.rng is not None:
             self._rng.bit_generator.state = self.state.rng
-        # two parallel lists, so a snapshot of the locations is one shallow copy
-        locations = self._buffer = [tuple(loc) for loc in self.state.buffer]
+        # the locations and the samples side by side, entry i of one being entry i of the other
+        locations = self._buffer = Locations(self.state.buffer)
         samples = self._fetch(self.state.buffer)
         held = sum(map(_nbytes, samples))
 
@@ -98,9 +126,8 @@ class ShardStream:
             nonlocal held
             while samples and held >= self.buffer_bytes:
                 pick = int(self._rng.integers(len(samples))) if len(samples) > 1 else 0
-                for items in (locations, samples):
-                    items[pick], items[-1] = items[-1], items[pick]
-                locations.pop()
+                samples[pick], samples[-1] = samples[-1], samples[pick]
+                locations.swap_pop(pick)
                 out = samples.pop()
                 held -= _nbytes(out)
                 yield out
@@ -133,6 +160,7 @@ class ShardStream:
 
     def _fetch(self, locations: list) -> list[dict]:
         """The buffered samples of a saved state, read back from their shards."""
+        locations = [(int(shard), int(index)) for shard, index in locations]
         wanted = defaultdict(set)
         for shard, index in locations:
             wanted[shard].add(index)
@@ -151,12 +179,18 @@ class ShardStream:
     def state_dict(self) -> dict:
         """The cursor, plus the buffer's sample locations and RNG as of the last sample served."""
         if self._buffer is not None:
-            self.state.buffer = list(self._buffer)  # (shard, index) tuples; JSON writes them as lists
+            self.state.buffer = self._buffer.snapshot()  # [n, 2]; `as_json` makes lists of it for a checkpoint
             self.state.rng = self._rng.bit_generator.state
         return dict(vars(self.state))  # not asdict(): its deep copy is costly on a large buffer, every batch
 
     def load_state_dict(self, state: dict) -> None:
         self.state, self._buffer = StreamState(**state), None
+
+
+def as_json(state: dict) -> dict:
+    """A stream state with its buffer as lists, as a checkpoint's JSON holds it."""
+    buffer = state.get("buffer")
+    return {**state, "buffer": buffer.tolist()} if isinstance(buffer, np.ndarray) else state
 
 
 def epoch_pieces(num_shards: int, consumer: int, consumers: int, seed: int, epoch: int) -> list[Piece]:
@@ -182,7 +216,7 @@ def remap(old_states: list[dict | None], num_shards: int, seed: int, consumer: i
         rest = pieces[state.piece:]
         if rest:
             rest[0] = _advance(rest[0], state.offset)
-        left += [(shard, index, 1, 1) for shard, index in state.buffer]
+        left += [(int(shard), int(index), 1, 1) for shard, index in state.buffer]
         left += [p for p in rest if p[3] is None or p[3] > 0]
     share = [p for p in (_share(piece, consumer, consumers) for piece in left) if p[3] is None or p[3] > 0]
     return asdict(StreamState(epoch=next_epoch, remainder=[list(p) for p in share]))
