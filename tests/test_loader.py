@@ -319,8 +319,9 @@ def test_realized_proportions_follow_a_curriculum(built):
 
 
 @pytest.mark.parametrize("setting, ranks, cores, expected", [
-    ("auto", 2, 2, (1, 10)),   # two CPU ranks on two cores: one worker each, yielding to the ranks
+    ("auto", 2, 2, (0, 0)),    # two CPU ranks on two cores: each decodes in its own process
     ("auto", 1, 2, (1, 0)),    # a core left free: the worker has it
+    (1, 2, 2, (1, 10)),        # a worker asked for anyway yields to the ranks
     ("auto", 8, 16, (1, 0)),   # a GPU node with a core per rank to spare
     ("auto", 8, 96, (8, 0)),   # many spare cores: capped
     (3, 1, 2, (3, 10)),        # an explicit count is kept, at low priority where it oversubscribes

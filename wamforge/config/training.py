@@ -26,7 +26,7 @@ class TrainingConfig(Strict):
     grad_clip: float = 1.0
     checkpoint_every: int = Field(20, ge=1)
     # decode processes per rank; 0 decodes in the trainer; auto: the machine's cores the ranks leave
-    # free, shared by its ranks (at least 1, at most 8). Workers that share cores with the ranks
+    # free, shared by its ranks (at most 8; none free: 0). Workers that share cores with the ranks
     # run at a lower priority, so decoding takes what the ranks leave idle
     loader_workers: int | Literal["auto"] = "auto"
     prefetch_batches: int = Field(2, ge=1)  # per loader worker

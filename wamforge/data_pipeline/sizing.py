@@ -92,10 +92,13 @@ def _probe_loader(cfg, data, samples: int) -> DecodeProbe:
     collator = Collator(Normalizer(stats, registry, m.normalization), registry,
                         {n: i for i, n in enumerate(cfg.data.sources)}, horizon=m.regime.horizon,
                         max_action_dim=m.max_action_dim, max_proprio_dim=m.max_proprio_dim, latents=latents)
-    loader = MixtureLoader(data, cfg.stages[0], collator, rank=0, world=1, batch_size=1, seed=cfg.seed,
+    # in this process (no workers): one core's work per sample, without the hand-over's latency
+    loader = MixtureLoader(data, cfg.stages[0], collator, rank=0, world=1, batch_size=1, seed=cfg.seed, workers=0,
                            shuffle_buffer_bytes=int(cfg.training.shuffle_buffer_mb * 2**20))
     batches = iter(loader)
-    first, _ = next(batches)  # opens the shards and fills the shuffle buffer: a cost paid once
+    first, _ = next(batches)
+    while min(loader.realized().values()) == 0:  # each source's first draw fills its shuffle buffer: once
+        next(batches)
     start = time.perf_counter()
     for _ in range(samples):
         next(batches)

@@ -37,12 +37,13 @@ LOW_PRIORITY = 10  # nice increment of workers that share cores with the ranks
 def choose_workers(setting: int | str, ranks_here: int, threads_per_rank: int,
                    cores: int | None = None) -> tuple[int, int]:
     """(workers per rank, nice increment): `auto` takes the cores this machine's ranks leave free,
-    shared among them. Where ranks and workers want more cores than there are, the workers yield:
-    a rank waiting on its next batch is idle anyway, while a rank slowed by decoding slows every
-    rank at the next all-reduce."""
+    shared among them; with none free (CPU ranks on every core) each rank decodes in its own
+    process, since worker processes on busy cores cost their switches and copies and decode no
+    faster. Where a set number of workers wants more cores than there are, the workers yield: a
+    rank slowed by decoding slows every rank at the next all-reduce."""
     cores = cores or len(os.sched_getaffinity(0))
     free = cores - ranks_here * threads_per_rank
-    workers = min(MAX_AUTO_WORKERS, max(1, free // ranks_here)) if setting == "auto" else int(setting)
+    workers = min(MAX_AUTO_WORKERS, max(0, free // ranks_here)) if setting == "auto" else int(setting)
     oversubscribed = ranks_here * (threads_per_rank + workers) > cores
     return workers, LOW_PRIORITY if oversubscribed and workers else 0
 
