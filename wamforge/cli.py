@@ -152,7 +152,7 @@ def cmd_plot(cfg: ExperimentConfig, args) -> int:
 def cmd_plan(cfg: ExperimentConfig, args) -> int:
     """Size the model for a world size, resolution and frame count before submitting; with --gpu-memory,
     the cheapest ZeRO stage, sequence-parallel degree and checkpointing that fit (training/plan.py)."""
-    from wamforge.data_pipeline.sizing import cores_to_order, loader_need, probe_decode, step_time_from_flops
+    from wamforge.data_pipeline.sizing import loader_need, probe_decode, step_time_from_flops
     from wamforge.model_zoo.trunks.wan.sizes import WAN_SIZES
     from wamforge.training.plan import experiment_plan, fit, plan
 
@@ -176,44 +176,11 @@ def cmd_plan(cfg: ExperimentConfig, args) -> int:
         console.print_json(json.dumps({**result.as_dict(), **({"fit": fitted.as_dict()} if fitted else {}),
                                        "loader": loader.as_dict()}))
         return 0
-    table = Table(title=f"plan: {args.size or cfg.name}, {args.frames or cfg.data.clip_frames} frames "
-                        f"at {height}x{width}, {args.world_size or cfg.training.world_size} ranks, "
-                        f"micro-batch {cfg.training.micro_batch_per_rank}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    rows = [("parameters", _scaled(result.params, 1000, ["", " K", " M", " B"])),
-            ("tokens per sample", f"{result.tokens:,}")]
-    if result.objective:  # an experiment's own step: its streams beyond the video, and what was counted
-        rows += [("  of which the clip's video", f"{result.video_tokens:,}"),
-                 ("objective counted", result.objective)]
-    flops = [" ", " K", " M", " G", " T", " P"]
-    rows += [("forward FLOPs per micro-batch", _scaled(result.flops_forward, 1000, flops)),
-             ("train FLOPs per micro-batch", _scaled(result.flops_train_step, 1000, flops))]
-    if result.flops_train_step_checkpointed:
-        rows += [("  with checkpointing", _scaled(result.flops_train_step_checkpointed, 1000, flops))]
-    rows += [("activations per rank", _bytes(result.activation_bytes)),
-             ("activations, checkpointed", _bytes(result.activation_bytes_checkpointed))]
-    rows += [(f"model states per rank, {k.replace('zero', 'ZeRO-')}", _bytes(v))
-             for k, v in result.model_state_bytes.items()]
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    if fitted:
-        candidates = Table(title=f"settings tried for {args.gpu_memory:g} GiB, cheapest first")
-        for column in ("ckpt", "ZeRO", "SP", "states", "activations", "margin", "total", "fits"):
-            candidates.add_column(column, justify="right")
-        for s in fitted.considered:
-            candidates.add_row("on" if s.activation_checkpointing else "off", str(s.zero_stage), str(s.sequence_parallel),
-                               _bytes(s.model_state_bytes), _bytes(s.activation_bytes), _bytes(s.margin_bytes),
-                               _bytes(s.total_bytes), "yes" if fitted.fits(s) else "no")
-        console.print(candidates)
-        console.print(fitted.message)
-        for line in fitted.chosen.config_lines() if fitted.chosen else []:
-            console.print(f"  {line}", markup=False, highlight=False)
-    console.print(f"data: {loader.message}", markup=False, highlight=False)
-    console.print(f"  a node of {args.gpus_per_node} GPUs sets aside {cores_to_order(loader, args.gpus_per_node)} "
-                  f"cores for its loaders (training.loader_workers: {loader.workers_per_rank} per rank)",
-                  markup=False, highlight=False)
+    from wamforge.training.plan_report import print_plan
+
+    print_plan(console, f"plan: {args.size or cfg.name}, {sized.data.clip_frames} frames at {height}x{width}, "
+                        f"{world_size} ranks, micro-batch {cfg.training.micro_batch_per_rank}",
+               result, fitted, loader, args.gpus_per_node)
     return 0
 
 
@@ -308,18 +275,6 @@ def _job_details(job) -> dict:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _scaled(value: float, base: int, units: list[str]) -> str:
-    for unit in units[:-1]:
-        if abs(value) < base:
-            return f"{value:,.1f}{unit}"
-        value /= base
-    return f"{value:,.1f}{units[-1]}"
-
-
-def _bytes(value: float) -> str:
-    return _scaled(value, 1024, [" B", " KiB", " MiB", " GiB", " TiB"])
-
 
 def save_resolved(cfg: ExperimentConfig) -> Path:
     """The fully resolved config, saved in the run directory; the rank processes read this copy."""

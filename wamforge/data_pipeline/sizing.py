@@ -82,16 +82,10 @@ def _probe_loader(cfg, data, samples: int) -> DecodeProbe:
 
     from wamforge.data_pipeline.embodiments import EmbodimentRegistry
     from wamforge.data_pipeline.loader import MixtureLoader
-    from wamforge.data_pipeline.loader.collate import Collator, Normalizer
-    from wamforge.model_zoo.vae import cache_id
+    from wamforge.data_pipeline.loader.collate import Collator
 
-    m = cfg.model
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
-    stats = json.loads((data / "stats.json").read_text())
-    latents = cache_id(m.vae) if m.baseline is None else None
-    collator = Collator(Normalizer(stats, registry, m.normalization), registry,
-                        {n: i for i, n in enumerate(cfg.data.sources)}, horizon=m.regime.horizon,
-                        max_action_dim=m.max_action_dim, max_proprio_dim=m.max_proprio_dim, latents=latents)
+    collator = Collator.for_experiment(cfg, json.loads((data / "stats.json").read_text()), registry)
     # in this process (no workers): one core's work per sample, without the hand-over's latency
     loader = MixtureLoader(data, cfg.stages[0], collator, rank=0, world=1, batch_size=1, seed=cfg.seed, workers=0,
                            shuffle_buffer_bytes=int(cfg.training.shuffle_buffer_mb * 2**20))

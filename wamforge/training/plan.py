@@ -95,15 +95,20 @@ def plan(shape: WanSize, frames: int, resolution: tuple[int, int], world_size: i
         text += 2 * li * (shape.image_dim * shape.image_dim + shape.image_dim * d)  # image embedder MLP
     forward = micro_batch * (shape.layers * per_block + text)
 
-    # per block, autograd keeps ~15 tensors of [L, dim] (norms, q/k/v before and after RoPE, attention
-    # outputs, modulated residuals) plus the FFN's two [L, ffn] activations and the text k/v
-    block_bytes = BF16 * (tokens * (15 * d + 2 * f) + 2 * lt * d)
+    block_bytes = saved_per_block(tokens, d, f, lt)
     activations = micro_batch * shape.layers * block_bytes
     checkpointed = micro_batch * (shape.layers * BF16 * tokens * d + block_bytes)
 
     return Plan(params, largest, tokens, float(forward), float(forward * 3), int(activations),
                 int(checkpointed), model_states(params, largest, world_size, gpus_per_node),
                 sequence_parallel=sequence_parallel_degrees(world_size, shape.heads))
+
+
+def saved_per_block(tokens: int, dim: int, ffn_dim: int, text_tokens: int) -> int:
+    """Bytes autograd keeps for one trunk block over `tokens` tokens: ~15 tensors of [L, dim] (norms,
+    q/k/v before and after RoPE, attention outputs, modulated residuals), the FFN's two [L, ffn] and
+    the text keys and values."""
+    return BF16 * (tokens * (15 * dim + 2 * ffn_dim) + 2 * text_tokens * dim)
 
 
 def model_states(params: int, largest: int, world_size: int, gpus_per_node: int = 8,
@@ -295,10 +300,9 @@ def experiment_plan(cfg, world_size: int | None = None, gpus_per_node: int = 8, 
         d = m.trunk.dim
         f = m.trunk.ffn_dim if m.trunk.kind == "wan" else int(m.trunk.mlp_ratio * d)
 
-        def block_bytes(length: int) -> int:
-            return BF16 * (length * (15 * d + 2 * f) + 2 * m.text.max_tokens * d)
-        activations = micro * sum(block_bytes(n) for n in calls)
-        checkpointed = micro * (sum(BF16 * n * d for n in calls) + max(block_bytes(n) for n in calls))
+        saved = [saved_per_block(n, d, f, m.text.max_tokens) for n in calls]
+        activations = micro * sum(saved)
+        checkpointed = micro * (sum(BF16 * n * d for n in calls) + max(saved))
     checkpointing = bool(calls) and hasattr(m.trunk, "activation_checkpointing")
     # Ulysses splits the wan trunk's sequence, but not the encoder-only substrate's cache (config/experiment.py)
     sharded = bool(calls) and m.trunk.kind == "wan" and m.substrate.kind != "feature.encoder_only"

@@ -21,10 +21,9 @@ from wamforge.config.experiment import ExperimentConfig
 from wamforge.config.stages import StageConfig
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.loader import choose_workers
-from wamforge.data_pipeline.loader.collate import Collator, Normalizer
+from wamforge.data_pipeline.loader.collate import Collator
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 from wamforge.model_zoo.build import build_model
-from wamforge.model_zoo.vae import cache_id
 from wamforge.training.parallel.lora import adapters_only, apply_lora, merge_lora
 from wamforge.training.parallel.sequence_parallel import SequenceShard, sequence_groups
 from wamforge.training import checkpoint
@@ -74,10 +73,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
     paths = RunPaths.of(cfg)
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     stats = json.loads((paths.data / "stats.json").read_text())
-    collator = Collator(Normalizer(stats, registry, cfg.model.normalization), registry,
-                        source_ids={n: i for i, n in enumerate(cfg.data.sources)},
-                        horizon=cfg.model.regime.horizon, max_action_dim=cfg.model.max_action_dim,
-                        max_proprio_dim=cfg.model.max_proprio_dim, latents=cache_id(cfg.model.vae))
+    collator = Collator.for_experiment(cfg, stats, registry)
     console = Console(stderr=True)
     stop = StopRequest().install()  # SIGTERM / SIGUSR1: checkpoint at the next step, then exit
     summaries = []

@@ -72,6 +72,17 @@ class Collator:
         self.latent_field = f"latents.{latents}.npy" if latents else None
         self.cache_ids = [latents] if latents else []  # the encoder caches a loader should merge in
 
+    @classmethod
+    def for_experiment(cls, cfg, stats: dict, registry: EmbodimentRegistry) -> "Collator":
+        """The collator an experiment trains with: its sources, chunk, maxima, normalization, and its
+        VAE's latent cache."""
+        from wamforge.model_zoo.vae import cache_id
+
+        m = cfg.model
+        return cls(Normalizer(stats, registry, m.normalization), registry,
+                   source_ids={n: i for i, n in enumerate(cfg.data.sources)}, horizon=m.regime.horizon,
+                   max_action_dim=m.max_action_dim, max_proprio_dim=m.max_proprio_dim, latents=cache_id(m.vae))
+
     @staticmethod
     def frames(item: dict) -> torch.Tensor:
         # uint8 across the worker boundary; the model scales to [-1, 1] on its device
