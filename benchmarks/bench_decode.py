@@ -4,7 +4,8 @@ For each backend (decord, torchcodec, PyAV) in one run, on the same H.264 files:
 the file for every read (a loader visiting each clip once), `warm` keeps readers open in a
 `ReaderCache` (many windows out of one long file). `window` decodes whole 9-frame shard windows
 from bytes, the training loader's case. Every read is compared with PyAV's frames; a
-backend that differs is reported and never made the default.
+backend that differs is reported and never made the default. Where torchcodec can decode on a
+CUDA device, `gpu_window` times the windows decoded there against decoded on the CPU and copied.
 
     .venv/bin/python benchmarks/bench_decode.py [--videos 6 --frames 240 --size 128 --reads 60]
 """
@@ -23,8 +24,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from wamforge.data_pipeline.decoders import BACKENDS, ReaderCache, available_backends, open_reader  # noqa: E402
-from wamforge.data_pipeline.video import encode_mp4  # noqa: E402
+from wamforge.data_pipeline.decoders import (BACKENDS, ReaderCache, available_backends, gpu_decode_unavailable,  # noqa: E402
+                                             open_reader)
+from wamforge.data_pipeline.video import decode_clip, encode_mp4  # noqa: E402
 
 
 def make_clips(folder: Path, videos: int, frames: int, size: int) -> list[Path]:
@@ -72,6 +74,31 @@ def measure_windows(backend: str, windows: list[bytes], reference: list[np.ndarr
     return {"frames_per_s": round(n / seconds, 1), "seconds": round(seconds, 2), "identical_to_pyav": identical}
 
 
+def measure_gpu_windows(windows: list[bytes]) -> dict:
+    """The loader's two ways onto a GPU, window by window: decoded on the CPU and copied over,
+    against decoded on the GPU by NVDEC. NVDEC converts to RGB with its own kernels, so frames are
+    compared by their largest pixel difference, not for identity."""
+    device = "cuda"
+    unavailable = gpu_decode_unavailable(device)
+    if unavailable:
+        return {"skipped": unavailable}
+    res, largest = {}, 0
+    for where in ("cpu", device):
+        decode_clip(windows[0], 1, where)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for data in windows:
+            clip = decode_clip(data, 1, where).to(device, non_blocking=True)
+        torch.cuda.synchronize()
+        res[f"{where}_frames_per_s"] = round(len(windows) * len(clip) / (time.perf_counter() - start), 1)
+    for data in windows[:20]:
+        diff = decode_clip(data, 1, device).int() - decode_clip(data, 1).to(device).int()
+        largest = max(largest, int(diff.abs().max()))
+    res["ratio_gpu_vs_cpu"] = round(res[f"{device}_frames_per_s"] / res["cpu_frames_per_s"], 2)
+    res["largest_pixel_difference"] = largest
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--videos", type=int, default=6)
@@ -98,6 +125,10 @@ def main() -> None:
                                         for mode in ("cold", "warm")}
             res["backends"][backend]["window"] = measure_windows(backend, windows, window_reference)
             print(backend, res["backends"][backend], file=sys.stderr)
+        # whole frames (--size a side), so a GPU run can time the resolution it trains at
+        res["gpu_window"] = measure_gpu_windows([encode_mp4(reference[paths[i % len(paths)]][j:j + 9], 10)
+                                                 for i, j in enumerate(range(0, args.frames - 9, 9))])
+        print("gpu_window", res["gpu_window"], file=sys.stderr)
     pyav = res["backends"]["pyav"]
     for backend, r in res["backends"].items():
         if "cold" in r:

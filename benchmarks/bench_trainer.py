@@ -141,6 +141,9 @@ def main() -> None:
                                    "ratio": round(step["plain"] / step["wamforge"], 3),
                                    "ratio_without_data_wait": round(step["plain"] / step["wamforge_compute"], 3),
                                    "ratio_to_deepspeed_loop": round(step["deepspeed_loop"] / step["wamforge"], 3),
+                                   # each round's own ratio: the machine's speed drifts between rounds
+                                   "ratio_to_deepspeed_loop_by_round": [
+                                       round(d / w, 3) for d, w in zip(rounds["deepspeed_loop"], rounds["wamforge"])],
                                    "rounds": {name: [round(v, 4) for v in values] for name, values in rounds.items()}}
             print(world, {k: v for k, v in res["ranks"][world].items() if k != "rounds"}, file=sys.stderr)
     print(json.dumps(res, indent=1))

@@ -1,11 +1,12 @@
 """decord, torchcodec and PyAV behind one interface return the same frames."""
 import numpy as np
 import pytest
+import torch
 
 from tests import formats
 from wamforge.data_pipeline import decoders
 from wamforge.data_pipeline.decoders import ReaderCache, available_backends, open_reader
-from wamforge.data_pipeline.video import decode_mp4, encode_mp4, read_video_file
+from wamforge.data_pipeline.video import decode_clip, decode_mp4, encode_mp4, read_video_file
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,20 @@ def test_an_unusable_backend_override_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("WAMFORGE_VIDEO_BACKEND", "opencv")
     with pytest.raises(ValueError, match="WAMFORGE_VIDEO_BACKEND=opencv is not usable here"):
         decoders.default_backend()
+
+
+def test_a_window_decodes_to_views_side_by_side_split_apart():
+    two_views = np.concatenate([formats.moving_square(9, (200, 60, 30), 32), formats.moving_square(9, (20, 90, 200), 32)], 2)
+    clip = decode_clip(encode_mp4(two_views, 10), views=2)
+    frames = decode_mp4(encode_mp4(two_views, 10))  # [T, H, 2W, 3]
+    assert clip.shape == (9, 2, 3, 32, 32) and clip.dtype == torch.uint8
+    for view in range(2):
+        np.testing.assert_array_equal(clip[:, view].permute(0, 2, 3, 1).numpy(), frames[:, :, 32 * view:32 * (view + 1)])
+
+
+def test_decoding_on_the_gpu_where_it_cannot_run_is_one_clear_error():
+    assert decoders.decode_device("cpu", torch.device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match="decode_device: cuda .* but the ranks run on cpu; set it to cpu"):
+        decoders.decode_device("cuda", torch.device("cpu"))
+    if not torch.cuda.is_available():  # this machine's torchcodec and device say why they cannot
+        assert decoders.gpu_decode_unavailable("cuda") == "no CUDA device is visible"

@@ -319,18 +319,35 @@ def test_realized_proportions_follow_a_curriculum(built):
 
 
 @pytest.mark.parametrize("setting, ranks, cores, expected", [
-    ("auto", 2, 2, (0, 0)),    # two CPU ranks on two cores: each decodes in its own process
-    ("auto", 1, 2, (1, 0)),    # a core left free: the worker has it
-    (1, 2, 2, (1, 10)),        # a worker asked for anyway yields to the ranks
-    ("auto", 8, 16, (1, 0)),   # a GPU node with a core per rank to spare
-    ("auto", 8, 96, (8, 0)),   # many spare cores: capped
-    (3, 1, 2, (3, 10)),        # an explicit count is kept, at low priority where it oversubscribes
-    (0, 2, 2, (0, 0)),         # decoding in the trainer
+    ("auto", 2, 2, (1, True)),    # two CPU ranks on two cores: a worker each, on the cycles they leave idle
+    ("auto", 1, 2, (1, False)),   # a core left free: the worker has it
+    ("auto", 8, 16, (1, False)),  # a GPU node with a core per rank to spare
+    ("auto", 8, 96, (8, False)),  # many spare cores: capped
+    (3, 1, 2, (3, True)),         # an explicit count is kept, at idle priority where it oversubscribes
+    (0, 2, 2, (0, False)),        # decoding in the trainer
 ])
 def test_workers_come_from_the_cores_the_ranks_leave_free(setting, ranks, cores, expected):
     from wamforge.data_pipeline.loader.loader import choose_workers
 
     assert choose_workers(setting, ranks, threads_per_rank=1, cores=cores) == expected
+
+
+def _scheduler_after_run_when_idle(queue) -> None:
+    from wamforge.data_pipeline.loader.loader import run_when_idle
+
+    run_when_idle()
+    queue.put(os.sched_getscheduler(0))
+
+
+def test_workers_sharing_the_ranks_cores_run_at_idle_priority():
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    worker = context.Process(target=_scheduler_after_run_when_idle, args=(queue,))
+    worker.start()
+    assert queue.get(timeout=60) == os.SCHED_IDLE and os.sched_getscheduler(0) != os.SCHED_IDLE
+    worker.join()
 
 
 def test_batches_reach_the_device_with_floats_in_the_trainers_precision_and_frames_as_uint8():

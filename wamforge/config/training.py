@@ -26,10 +26,13 @@ class TrainingConfig(Strict):
     grad_clip: float = 1.0
     checkpoint_every: int = Field(20, ge=1)
     # decode processes per rank; 0 decodes in the trainer; auto: the machine's cores the ranks leave
-    # free, shared by its ranks (at most 8; none free: 0). Workers that share cores with the ranks
-    # run at a lower priority, so decoding takes what the ranks leave idle
+    # free, shared by its ranks (1 to 8). Workers that share cores with the ranks run at idle
+    # priority, so decoding takes only the cycles the ranks leave idle
     loader_workers: int | Literal["auto"] = "auto"
     prefetch_batches: int = Field(2, ge=1)  # per loader worker
+    # cuda: each rank decodes its clips on its own GPU (NVDEC, through a CUDA build of torchcodec),
+    # in its own process; the CPU then only reads shards, and the pixels never cross PCIe
+    decode_device: Literal["cpu", "cuda"] = "cpu"
     # per source and loader worker; 0 serves samples in shard order (memory is bounded by bytes, not samples)
     shuffle_buffer_mb: float = Field(8.0, ge=0)
     loader_stall_timeout_s: float = Field(600.0, gt=0)  # a worker silent this long is named and stopped

@@ -48,18 +48,24 @@ class DecordReader(Reader):
 
 
 class TorchCodecReader(Reader):
-    def __init__(self, source):
+    """On a CUDA device torchcodec decodes with NVDEC, and `frames` stay on the GPU."""
+
+    def __init__(self, source, device: str = "cpu"):
         from torchcodec.decoders import VideoDecoder
 
         self.decoder = VideoDecoder(source if isinstance(source, bytes) else str(source), dimension_order="NHWC",
-                                    num_ffmpeg_threads=1, seek_mode="exact")
+                                    num_ffmpeg_threads=1, seek_mode="exact", device=device)
         self.fps = float(self.decoder.metadata.average_fps or 0.0)
 
     def __len__(self) -> int:
         return len(self.decoder)
 
+    def frames(self, indices):
+        """uint8 [T, H, W, 3] as a tensor on the decoder's device."""
+        return self.decoder.get_frames_at(indices=list(indices)).data
+
     def get(self, indices) -> np.ndarray:
-        return self.decoder.get_frames_at(indices=list(indices)).data.numpy()
+        return self.frames(indices).cpu().numpy()
 
 
 class PyAVReader(Reader):
@@ -117,6 +123,37 @@ def default_backend() -> str:
 
 def open_reader(source: bytes | str | Path, backend: str | None = None) -> Reader:
     return READERS[backend or default_backend()](source)
+
+
+def decode_device(setting: str, device) -> str:
+    """Where the training loader decodes clips: `training.decode_device` checked against the rank's
+    device (a torch.device); one sentence if the GPU decoder cannot run here."""
+    if setting == "cpu":
+        return "cpu"
+    reason = gpu_decode_unavailable(str(device)) if device.type == "cuda" else f"the ranks run on {device.type}"
+    if reason:
+        raise ValueError(f"training.decode_device: cuda decodes clips with torchcodec's CUDA decoder on each "
+                         f"rank's GPU, but {reason}; set it to cpu")
+    return str(device)
+
+
+@lru_cache(maxsize=None)
+def gpu_decode_unavailable(device: str) -> str | None:
+    """Why clips cannot be decoded on `device` (a CUDA device) here, or None where they can: a
+    two-frame clip is decoded there, as the loader would."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    if not usable("torchcodec"):
+        return "torchcodec is not installed, or cannot load FFmpeg"
+    from wamforge.data_pipeline.video import encode_mp4
+
+    try:
+        TorchCodecReader(encode_mp4(np.zeros((2, 16, 16, 3), np.uint8), 10), device).frames(range(2))
+    except Exception as err:  # a CPU-only torchcodec build, or no NVDEC on this GPU
+        return f"torchcodec cannot decode on {device} ({type(err).__name__}: {err})"
+    return None
 
 
 class ReaderCache:

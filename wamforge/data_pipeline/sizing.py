@@ -101,8 +101,7 @@ def _probe_loader(cfg, data, samples: int) -> DecodeProbe:
 
 
 def _probe_clip(cfg, samples: int) -> DecodeProbe:
-    from wamforge.data_pipeline.loader.collate import Collator
-    from wamforge.data_pipeline.video import encode_mp4
+    from wamforge.data_pipeline.video import decode_clip, encode_mp4
 
     height, width = cfg.data.resolution
     views = max((len(s.cameras) for s in cfg.data.sources.values() if getattr(s, "cameras", None)), default=1)
@@ -113,11 +112,11 @@ def _probe_clip(cfg, samples: int) -> DecodeProbe:
     wave = 127 + 60 * np.sin((x + 4 * t) / 17.0) * np.cos((y - 3 * t) / 23.0)
     grain = np.random.default_rng(0).integers(-8, 9, wave.shape)
     clip = np.clip(wave + grain, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=-1)
-    item = {"mp4": encode_mp4(clip, cfg.data.fps), "meta": {"views": list(range(views))}}
-    Collator.frames(item)  # warm the decoder
+    mp4 = encode_mp4(clip, cfg.data.fps)
+    decode_clip(mp4, views)  # warm the decoder
     start = time.perf_counter()
     for _ in range(samples):
-        Collator.frames(item)
+        decode_clip(mp4, views)
     elapsed = time.perf_counter() - start
     where = f"a synthetic {frames}-frame {height}x{width} clip x {views} view(s); build the data to time the loader"
     return DecodeProbe(elapsed / samples, samples, where, False)

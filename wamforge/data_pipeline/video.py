@@ -10,7 +10,7 @@ import av
 import numpy as np
 import torch
 
-from wamforge.data_pipeline.decoders import ReaderCache, default_backend, open_reader
+from wamforge.data_pipeline.decoders import ReaderCache, TorchCodecReader, default_backend, open_reader
 
 
 class VideoDecodeError(ValueError):
@@ -32,6 +32,23 @@ def untile_views(frames: np.ndarray, views: int) -> np.ndarray:
 def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 [T, V, H, W, 3] -> float [T, V, 3, H, W] in [-1, 1]"""
     return pixels_to_unit(video_to_uint8(frames))
+
+
+def decode_clip(data: bytes, views: int, device: str = "cpu") -> torch.Tensor:
+    """A shard window's mp4 -> uint8 [T, V, 3, H, W] on `device`. On a CUDA device the clip is
+    decoded there (NVDEC, through torchcodec): neither the CPU nor the host-to-device copy carries
+    its pixels; a clip NVDEC refuses is decoded on the CPU, which names the fault if it is corrupt."""
+    frames = None
+    if device != "cpu":
+        try:
+            reader = TorchCodecReader(data, device)
+            frames = reader.frames(range(len(reader)))
+        except Exception:
+            pass
+    if frames is None:
+        frames = torch.from_numpy(decode_mp4(data)).to(device)
+    t, h, vw, c = frames.shape  # the views side by side: [T, H, V*W, 3]
+    return frames.reshape(t, h, views, vw // views, c).permute(0, 2, 4, 1, 3)
 
 
 def video_to_uint8(frames: np.ndarray) -> torch.Tensor:

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from wamforge.config.paths import RunPaths
 from wamforge.config.experiment import ExperimentConfig
 from wamforge.config.stages import StageConfig
+from wamforge.data_pipeline.decoders import decode_device
 from wamforge.data_pipeline.loader import MixtureLoader
 from wamforge.data_pipeline.loader.loader import choose_workers
 from wamforge.data_pipeline.loader.collate import Collator
@@ -73,7 +74,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
     paths = RunPaths.of(cfg)
     registry = EmbodimentRegistry.from_yaml(cfg.embodiments)
     stats = json.loads((paths.data / "stats.json").read_text())
-    collator = Collator.for_experiment(cfg, stats, registry)
+    collator = Collator.for_experiment(cfg, stats, registry, decode_device(cfg.training.decode_device, device))
     console = Console(stderr=True)
     stop = StopRequest().install()  # SIGTERM / SIGUSR1: checkpoint at the next step, then exit
     summaries = []
@@ -123,15 +124,16 @@ class StageRunner:
         if self.shard is not None:
             model.trunk.shard_sequence(self.shard)
         engine = build_engine(model, self.stage, self.cfg.training, self.dist.world_size)
-        workers, nice = choose_workers(self.cfg.training.loader_workers, self.dist.local_world_size,
-                                       self.cfg.training.threads_per_rank)
+        on_cpu = self.collator.decode_device == "cpu"
+        workers, idle = choose_workers(self.cfg.training.loader_workers, self.dist.local_world_size,
+                                       self.cfg.training.threads_per_rank) if on_cpu else (0, False)
         loader = MixtureLoader(self.paths.data, self.stage, self.collator, self.data_rank,
                                self.data_world, self.cfg.training.micro_batch_per_rank,
-                               seed=self.cfg.seed * 1000 + self.index, workers=workers, worker_nice=nice,
+                               seed=self.cfg.seed * 1000 + self.index, workers=workers, idle_workers=idle,
                                prefetch=self.cfg.training.prefetch_batches,
                                stall_timeout_s=self.cfg.training.loader_stall_timeout_s,
                                shuffle_buffer_bytes=int(self.cfg.training.shuffle_buffer_mb * 2**20),
-                               pin_memory=self.device.type == "cuda",
+                               pin_memory=self.device.type == "cuda" and on_cpu,
                                accumulation=self.cfg.training.grad_accumulation)
 
         self.ema = EMA(engine.module, self.cfg.training.ema_decay) if self.cfg.training.ema_decay else None

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from wamforge.data_pipeline.schema import Batch
-from wamforge.data_pipeline.video import decode_mp4, untile_views, video_to_uint8
+from wamforge.data_pipeline.video import decode_clip
 from wamforge.data_pipeline.embodiments import EmbodimentRegistry
 
 EPS = 1e-6
@@ -63,17 +63,20 @@ def load_npy(data: bytes) -> np.ndarray:
 class Collator:
     """`latents`: the model VAE's cache id (encoder@version); windows whose shard holds latents under
     that id are served as latents, skipping decode and encode. A batch mixing cached and uncached
-    windows is served as pixels."""
+    windows is served as pixels. `decode_device`: where clips are decoded (a CUDA device: on its
+    NVDEC, in the trainer's process)."""
 
     def __init__(self, normalizer: Normalizer, registry: EmbodimentRegistry, source_ids: dict[str, int],
-                 horizon: int, max_action_dim: int, max_proprio_dim: int, latents: str | None = None):
+                 horizon: int, max_action_dim: int, max_proprio_dim: int, latents: str | None = None,
+                 decode_device: str = "cpu"):
         self.normalizer, self.registry, self.source_ids = normalizer, registry, source_ids
+        self.decode_device = decode_device
         self.horizon, self.a_max, self.p_max = horizon, max_action_dim, max_proprio_dim
         self.latent_field = f"latents.{latents}.npy" if latents else None
         self.cache_ids = [latents] if latents else []  # the encoder caches a loader should merge in
 
     @classmethod
-    def for_experiment(cls, cfg, stats: dict, registry: EmbodimentRegistry) -> "Collator":
+    def for_experiment(cls, cfg, stats: dict, registry: EmbodimentRegistry, decode_device: str = "cpu") -> "Collator":
         """The collator an experiment trains with: its sources, chunk, maxima, normalization, and its
         VAE's latent cache."""
         from wamforge.model_zoo.vae import cache_id
@@ -81,12 +84,12 @@ class Collator:
         m = cfg.model
         return cls(Normalizer(stats, registry, m.normalization), registry,
                    source_ids={n: i for i, n in enumerate(cfg.data.sources)}, horizon=m.regime.horizon,
-                   max_action_dim=m.max_action_dim, max_proprio_dim=m.max_proprio_dim, latents=cache_id(m.vae))
+                   max_action_dim=m.max_action_dim, max_proprio_dim=m.max_proprio_dim, latents=cache_id(m.vae),
+                   decode_device=decode_device)
 
-    @staticmethod
-    def frames(item: dict) -> torch.Tensor:
+    def frames(self, item: dict) -> torch.Tensor:
         # uint8 across the worker boundary; the model scales to [-1, 1] on its device
-        return video_to_uint8(untile_views(decode_mp4(item["mp4"]), len(item["meta"]["views"])))
+        return decode_clip(item["mp4"], len(item["meta"]["views"]), self.decode_device)
 
     def decode(self, raw: dict) -> dict:
         meta = json.loads(raw["json"])

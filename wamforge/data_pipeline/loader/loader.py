@@ -31,28 +31,36 @@ MAX_CONSECUTIVE_FAILURES = 16
 
 
 MAX_AUTO_WORKERS = 8
-LOW_PRIORITY = 10  # nice increment of workers that share cores with the ranks
 
 
 def choose_workers(setting: int | str, ranks_here: int, threads_per_rank: int,
-                   cores: int | None = None) -> tuple[int, int]:
-    """(workers per rank, nice increment): `auto` takes the cores this machine's ranks leave free,
-    shared among them; with none free (CPU ranks on every core) each rank decodes in its own
-    process, since worker processes on busy cores cost their switches and copies and decode no
-    faster. Where a set number of workers wants more cores than there are, the workers yield: a
-    rank slowed by decoding slows every rank at the next all-reduce."""
+                   cores: int | None = None) -> tuple[int, bool]:
+    """(workers per rank, whether they run at idle priority): `auto` takes the cores this machine's
+    ranks leave free, shared among them, and at least one. Workers that share cores with the ranks
+    (CPU ranks on every core) run at idle priority: they decode only while a core would otherwise
+    idle (a rank waiting in an all-reduce, or for its next batch), so they never slow a rank that
+    every other rank would then wait for."""
     cores = cores or len(os.sched_getaffinity(0))
     free = cores - ranks_here * threads_per_rank
-    workers = min(MAX_AUTO_WORKERS, max(0, free // ranks_here)) if setting == "auto" else int(setting)
+    workers = min(MAX_AUTO_WORKERS, max(1, free // ranks_here)) if setting == "auto" else int(setting)
     oversubscribed = ranks_here * (threads_per_rank + workers) > cores
-    return workers, LOW_PRIORITY if oversubscribed and workers else 0
+    return workers, oversubscribed and workers > 0
+
+
+def run_when_idle() -> None:
+    """This process runs only on cores nothing else wants (Linux's SCHED_IDLE; the lowest nice
+    elsewhere)."""
+    if hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(19)
 
 
 class MixtureLoader:
     def __init__(self, data_dir: Path, stage: StageConfig, collator: Collator, rank: int, world: int,
                  batch_size: int, seed: int, workers: int = 1, prefetch: int = 2, accumulation: int = 1,
                  stall_timeout_s: float = 600.0, shuffle_buffer_bytes: int = 0, pin_memory: bool = False,
-                 worker_nice: int = 0):
+                 idle_workers: bool = False):
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
         names = sorted(set(stage.mixture.weights).union(*(p.weights for p in stage.mixture.curriculum)))
         self.shards, self.sidecars = {}, {}
@@ -72,7 +80,7 @@ class MixtureLoader:
         self.workers, self.prefetch, self.stall_timeout_s = workers, prefetch, stall_timeout_s
         self.buffer_bytes = shuffle_buffer_bytes  # per source and lane
         self.pin_memory = pin_memory  # batches in page-locked memory, for asynchronous copies to a GPU
-        self.worker_nice = worker_nice  # how much lower the workers' priority is than the trainer's
+        self.idle_workers = idle_workers  # workers that share the ranks' cores decode only on idle cycles
         self.step = 0
         self.lane_states: dict[int, dict] = {}
 
@@ -83,7 +91,7 @@ class MixtureLoader:
                             prefetch_factor=self.prefetch if self.workers else None,
                             timeout=self.stall_timeout_s if self.workers else 0,  # the stall watchdog
                             generator=torch.Generator().manual_seed(self.seed),
-                            worker_init_fn=partial(_init_worker, os.getpid(), self.worker_nice),
+                            worker_init_fn=partial(_init_worker, os.getpid(), self.idle_workers),
                             collate_fn=_as_is,  # batches are collated already; skip default_convert's walk
                             pin_memory=self.pin_memory)
         batches, start = iter(loader), self.step
@@ -198,9 +206,9 @@ def _stable_hash(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 100_003
 
 
-def _init_worker(trainer_pid: int, nice: int, worker_id: int) -> None:
-    if nice:
-        os.nice(nice)
+def _init_worker(trainer_pid: int, idle: bool, worker_id: int) -> None:
+    if idle:
+        run_when_idle()
     _outlive_stop_signals(trainer_pid, worker_id)
 
 
